@@ -1,0 +1,93 @@
+"""Instance discrimination on the normalised pixel features (§6.4).
+
+Two variants, as deeplab2 ``max_deeplab_loss.py`` has them:
+
+* MaX-DeepLab original (``sample_k = 0``): each GT mask's mean feature, L2-normalised, is a
+  class prototype; every *thing* pixel classifies its own mask among all valid masks.
+* Pixel-contrastive (credited to CMT-DeepLab, ``sample_k > 0``): ``K`` area-balanced
+  non-void pixels (things *and* stuff) are sampled; each anchor's soft target is the
+  uniform distribution over the sampled pixels of its own mask (itself included), its
+  prediction the softmax of ``f_a . f_b / tau`` over all sampled pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cmt_deeplab.losses.reduction import mean_over_nonzero
+from cmt_deeplab.losses.sampling import area_balanced_sample
+from cmt_deeplab.losses.targets import PanopticTargets
+
+# Large negative logit for masked entries (deeplab2's constant); finite so that a row
+# with nothing valid stays NaN-free.
+_MASKED_LOGIT = -99999.0
+
+
+def instance_discrimination_loss(
+    pixel_feature: Tensor, targets: PanopticTargets, temperature: float = 0.3
+) -> Tensor:
+    """MaX-DeepLab's instance discrimination.
+
+    Args:
+        pixel_feature: ``[B, D, h, w]`` L2-normalised over ``D``.
+        targets: ground truth with ``G`` masks at ``h x w``.
+        temperature: ``tau``.
+
+    Returns:
+        ``[B]`` mean cross-entropy over each image's thing pixels.
+    """
+    feature = pixel_feature.flatten(2).float()  # [B, D, P]
+    gt = targets.gt_masks.flatten(2).float()  # [B, G, P]
+    mask_feature = torch.einsum("bdp,bgp->bgd", feature, gt)
+    mask_feature = mask_feature / targets.gt_area.clamp(min=1.0)[..., None]
+    mask_feature = F.normalize(mask_feature, dim=-1)  # [B, G, D]
+    logits = torch.einsum("bdp,bgd->bpg", feature, mask_feature) / temperature  # [B, P, G]
+    logits = logits.masked_fill(~targets.gt_valid[:, None, :], _MASKED_LOGIT)
+
+    mask_id = targets.pixel_mask_id.flatten(1)  # [B, P]
+    is_thing = targets.gt_is_thing.gather(1, mask_id.clamp(min=0)) & (mask_id >= 0)
+    picked = logits.log_softmax(-1).gather(2, mask_id.clamp(min=0)[..., None])[..., 0]
+    return mean_over_nonzero(-picked * is_thing)
+
+
+def pixel_contrastive_loss(
+    pixel_feature: Tensor,
+    targets: PanopticTargets,
+    temperature: float = 0.3,
+    sample_k: int = 4096,
+    sample_temperature: float = 0.6,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """CMT-DeepLab's pixel-contrastive instance discrimination.
+
+    Args:
+        pixel_feature: ``[B, D, h, w]`` L2-normalised over ``D``.
+        targets: ground truth at ``h x w``.
+        temperature: ``tau`` of the pixel-pair similarities.
+        sample_k: pixels sampled per image (fewer if the image has fewer pixels).
+        sample_temperature: ``T_s`` of the area-balanced sampling logits.
+        generator: RNG of the sampling, for reproducibility.
+
+    Returns:
+        ``[B]`` soft-target cross-entropy averaged over the sampled anchors.
+    """
+    indices, sample_valid = area_balanced_sample(targets, sample_k, sample_temperature, generator)
+    feature = pixel_feature.flatten(2).float()  # [B, D, P]
+    sampled_feature = feature.gather(
+        2, indices[:, None, :].expand(-1, feature.shape[1], -1)
+    )  # [B, D, k]
+    sampled_id = targets.pixel_mask_id.flatten(1).gather(1, indices)  # [B, k]
+
+    same_mask = sampled_id[:, :, None] == sampled_id[:, None, :]
+    pair_valid = sample_valid[:, :, None] & sample_valid[:, None, :]
+    gt_similarity = (same_mask & pair_valid).float()
+    gt_similarity = gt_similarity / gt_similarity.sum(-1, keepdim=True).clamp(min=1.0)
+
+    logits = torch.einsum("bdk,bdj->bkj", sampled_feature, sampled_feature) / temperature
+    # Void pixels fill the draw only when an image has fewer than k non-void pixels; they
+    # are neither anchors nor candidates.
+    logits = logits.masked_fill(~sample_valid[:, None, :], _MASKED_LOGIT)
+    cross_entropy = -(gt_similarity * logits.log_softmax(-1)).sum(-1)  # [B, k]
+    return mean_over_nonzero(cross_entropy)
