@@ -1,0 +1,101 @@
+"""Axial-ResNets (Axial-DeepLab, MaX-DeepLab) and deeplab2's ResNet-50 as one family.
+
+Five stages at original strides 2, 4, 8, 16, 32 with base widths 32 * 2^i (x ``width_multiplier``);
+stage ``i`` outputs ``4 * filters`` channels (128 for the wide-ResNet's first stage). Blocks at
+or beyond ``use_axial_beyond_stride`` are axial-attention blocks, others convolutional. With
+``output_stride`` 16 the last stage keeps stride 16 and uses atrous rates instead.
+
+``Axial-R50`` (MaX-S backbone): Inception stem, blocks (3, 4, 6, 3), axial beyond stride 16,
+41,343,424 parameters. ``Axial-R104``: 24 blocks in stage 4, 81,642,112 parameters.
+deeplab2 ``ResNet-50``: 7x7 stem, no axial block, 23,508,032 parameters.
+
+Endpoints are *non-activated* (``stage1`` .. ``stage5``); apply the activation for ``resN``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cmt_deeplab.models.layers.block_group import (
+    BlockConfig,
+    BlockGroup,
+    TransformerFactory,
+    TransformerState,
+)
+from cmt_deeplab.models.layers.stems import build_stem
+
+
+class AxialResNet(nn.Module):
+    """Stem + stages. ``forward(images) -> (endpoints, memory)``; see the module docstring."""
+
+    def __init__(
+        self,
+        num_blocks: tuple[int, int, int, int] = (3, 4, 6, 3),
+        config: BlockConfig | None = None,
+        width_multiplier: float = 1.0,
+        stem_width_multiplier: float = 1.0,
+        transformer_beyond_stride: int = 0,
+        transformer_factory: TransformerFactory | None = None,
+        base_transformer_expansion: float = 1.0,
+    ) -> None:
+        super().__init__()
+        config = config or BlockConfig()
+        self.config = config
+        total_strides = [1, 2, 4, 8, 16]
+        strides = [2] * 5
+        blocks_per_stage = [3, *num_blocks]
+        filters = [int(round(s * 32 * width_multiplier)) for s in total_strides]
+        if config.backbone_type == "wider_resnet":
+            filters[0] = int(round(32 * stem_width_multiplier))
+            first_stage = 0
+            strides[0] = 1
+            total_strides[0] = 2
+        else:
+            first_stage = 1
+        self.stem, channels = build_stem(
+            config.backbone_type, stem_width_multiplier, config.activation
+        )
+        self.first_stage = first_stage
+        self.stages = nn.ModuleDict()
+        self.stage_channels: dict[str, int] = {"stage1": channels}
+        for index in range(first_stage, 5):
+            group = BlockGroup(
+                channels, filters[index], blocks_per_stage[index], strides[index],
+                total_strides[index], config, transformer_beyond_stride, transformer_factory,
+                base_transformer_expansion * total_strides[index] / 16.0,
+            )
+            name = f"stage{index + 1}"
+            self.stages[name] = group
+            channels = group.out_channels
+            self.stage_channels[name] = channels
+        self.out_channels = channels
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        state: TransformerState | None = None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        x = self.stem(images)
+        endpoints = {"stage1": x}
+        for name, group in self.stages.items():
+            x, memory = group(x, memory, state)
+            endpoints[name] = x
+        return endpoints, memory
+
+
+def axial_resnet50(output_stride: int = 16, drop_path_keep_prob: float = 1.0, **kwargs) -> AxialResNet:
+    """Axial-R50 = the MaX-DeepLab-S backbone without its transformers (41,343,424 params)."""
+    config = BlockConfig(
+        output_stride=output_stride, drop_path_keep_prob=drop_path_keep_prob, **kwargs
+    )
+    return AxialResNet((3, 4, 6, 3), config)
+
+
+def axial_resnet104(output_stride: int = 16, drop_path_keep_prob: float = 1.0, **kwargs) -> AxialResNet:
+    """Axial-R104: four times the stage-4 blocks of Axial-R50 (81,642,112 params)."""
+    config = BlockConfig(
+        output_stride=output_stride, drop_path_keep_prob=drop_path_keep_prob, **kwargs
+    )
+    return AxialResNet((3, 4, 24, 3), config)

@@ -1,0 +1,124 @@
+"""A group of residual blocks at one resolution, optionally each followed by a transformer
+layer on the (pixel, memory) pair: deeplab2's ``BlockGroup``, used by both the backbones and
+the decoders.
+
+The group tracks the *original ResNet stride* of each block (the stride a plain output-stride-32
+ResNet would have there). It decides the block type (axial beyond ``use_axial_beyond_stride``),
+the atrous rate (beyond ``output_stride``), the drop-path rate and whether a transformer layer
+follows the block (beyond ``transformer_beyond_stride``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from cmt_deeplab.models.layers.blocks import ResidualBlock
+from cmt_deeplab.models.layers.drop_path import drop_path_keep_prob
+
+#: ``factory(pixel_channels, drop_path_keep_prob, transformer_expansion) -> nn.Module``
+TransformerFactory = Callable[[int, float, float], nn.Module]
+
+
+@dataclass
+class BlockConfig:
+    """Settings shared by every block group of a network."""
+
+    backbone_type: str = "resnet_beta"
+    output_stride: int = 16
+    use_axial_beyond_stride: int = 16
+    drop_path_keep_prob: float = 1.0
+    drop_path_beyond_stride: int = 16
+    drop_path_schedule: str = "constant"
+    activation: str = "relu"
+    attention_bottleneck_expansion: int = 2
+    key_expansion: float = 1.0
+    value_expansion: float = 2.0
+    num_heads: int = 8
+
+
+@dataclass
+class TransformerState:
+    """What transformer layers pass along besides pixels and memory."""
+
+    prev_mask_logits: torch.Tensor | None = None
+    aux_outputs: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    maps: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    return_maps: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class BlockGroup(nn.Module):
+    """``num_blocks`` residual blocks (+ transformer layers): ``[B, C_in, H, W] -> [B, C, H', W']``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        filters: int,
+        num_blocks: int,
+        original_stride: int,
+        original_input_stride: int,
+        config: BlockConfig,
+        transformer_beyond_stride: int = 0,
+        transformer_factory: TransformerFactory | None = None,
+        transformer_expansion: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if original_input_stride & (original_input_stride - 1):
+            raise ValueError(f"original_input_stride {original_input_stride} is not a power of 2")
+        os_ = config.output_stride
+        current = original_input_stride
+        self.blocks = nn.ModuleList()
+        self.transformers = nn.ModuleList()
+        channels = in_channels
+        for index in range(num_blocks):
+            stride = original_stride if index == 0 and original_input_stride < os_ else 1
+            atrous = current // os_ if current > os_ else 1
+            group_stride = original_input_stride * original_stride
+            second_atrous = group_stride // os_ if index == 0 and group_stride > os_ else atrous
+            keep = drop_path_keep_prob(
+                config.drop_path_keep_prob, config.drop_path_schedule, current,
+                config.drop_path_beyond_stride,
+            )
+            if current >= config.use_axial_beyond_stride > 0:
+                block_type = "axial"
+            elif config.backbone_type in ("resnet", "resnet_beta"):
+                block_type = "bottleneck"
+            elif config.backbone_type == "wider_resnet":
+                block_type = "basic" if group_stride < 32 else "wide_bottleneck"
+            else:
+                raise ValueError(f"unknown backbone type {config.backbone_type!r}")
+            block = ResidualBlock(
+                channels, filters, block_type, stride, atrous, second_atrous, keep,
+                config.activation, config.attention_bottleneck_expansion, config.key_expansion,
+                config.value_expansion, config.num_heads,
+            )
+            self.blocks.append(block)
+            channels = block.out_channels
+            if index == 0 and original_stride > 1:
+                current *= original_stride
+            if transformer_factory is not None and current >= transformer_beyond_stride > 0:
+                self.transformers.append(transformer_factory(channels, keep, transformer_expansion))
+            else:
+                self.transformers.append(nn.Identity())
+        self.out_channels = channels
+
+    @property
+    def has_transformer(self) -> bool:
+        return any(not isinstance(t, nn.Identity) for t in self.transformers)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        state: TransformerState | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        for block, transformer in zip(self.blocks, self.transformers, strict=True):
+            x = block(x)
+            if not isinstance(transformer, nn.Identity):
+                x, memory = transformer(x, memory, state)
+        return x, memory
