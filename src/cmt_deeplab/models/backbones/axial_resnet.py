@@ -76,11 +76,16 @@ class AxialResNet(nn.Module):
         images: torch.Tensor,
         memory: torch.Tensor | None = None,
         state: TransformerState | None = None,
+        feedback: dict[str, torch.Tensor] | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """``feedback`` maps an endpoint name to a tensor averaged into that stage's output
+        before the next stage runs (the recursive feature network's skip connection)."""
         x = self.stem(images)
         endpoints = {"stage1": x}
         for name, group in self.stages.items():
             x, memory = group(x, memory, state)
+            if feedback is not None and name in feedback:
+                x = 0.5 * (x + feedback[name])
             endpoints[name] = x
         return endpoints, memory
 
