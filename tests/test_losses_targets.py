@@ -45,7 +45,9 @@ def test_strided_slicing_drops_empty_masks_and_marks_void():
     assert targets.gt_area.tolist() == [[4.0, 2.0]]
     assert targets.pixel_mask_id[0].tolist() == [[0, 0, -1], [0, 0, -1], [1, 1, -1]]
     assert targets.pixel_valid[0].tolist() == [
-        [True, True, False], [True, True, False], [True, True, False]
+        [True, True, False],
+        [True, True, False],
+        [True, True, False],
     ]
     # Semantic keeps the crowd class at (8, 8); the dropped tiny mask's class never appears.
     assert targets.semantic[0].tolist() == [[0, 0, -1], [0, 0, -1], [2, 2, 2]]

@@ -84,7 +84,9 @@ class TestPQLoss:
         expected_class = (
             alpha * dice * -math.log(0.7) + (1 - alpha) * void_ratio * -math.log(0.4)
         ) / 2
-        assert pq_class_loss(logits, weights, alpha).item() == pytest.approx(expected_class, rel=1e-5)
+        assert pq_class_loss(logits, weights, alpha).item() == pytest.approx(
+            expected_class, rel=1e-5
+        )
         dice_loss = 1 - (2 * intersection + 1) / (intersection + 2 + 1)
         expected_dice = 0.7 * dice_loss * alpha / 2
         got = pq_dice_loss(self.mask_logits, targets, slots, weights, alpha).item()
@@ -95,7 +97,9 @@ class TestPQLoss:
         target_slot = pixel_target_slot(targets, slots)
         assert target_slot.tolist() == [[0, 0, -1]]
         expected = (-math.log(_sigmoid(2.0)) - math.log(_sigmoid(1.0))) / 2
-        assert mask_id_loss(self.mask_logits, target_slot).item() == pytest.approx(expected, rel=1e-5)
+        assert mask_id_loss(self.mask_logits, target_slot).item() == pytest.approx(
+            expected, rel=1e-5
+        )
 
     def test_weights_floor_at_1e5(self):
         targets, logits, slots = self._setup()
@@ -166,8 +170,13 @@ def test_sampling_is_reproducible_with_a_seeded_generator():
     mask_id = torch.randint(-1, 4, (2, 12, 12), generator=gen)
     masks = torch.stack([mask_id == g for g in range(4)], dim=1)
     targets = PanopticTargets(
-        masks, torch.tensor([[0, 1, 2, 3]] * 2), torch.ones(2, 4, dtype=torch.bool),
-        torch.ones(2, 4, dtype=torch.bool), mask_id >= 0, mask_id, mask_id,
+        masks,
+        torch.tensor([[0, 1, 2, 3]] * 2),
+        torch.ones(2, 4, dtype=torch.bool),
+        torch.ones(2, 4, dtype=torch.bool),
+        mask_id >= 0,
+        mask_id,
+        mask_id,
     )
     feature = F.normalize(torch.randn(2, 8, 12, 12, generator=gen), dim=1)
 

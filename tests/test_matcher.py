@@ -24,8 +24,11 @@ def _targets(mask_id, labels, is_thing=None):
         gt_valid=valid,
         pixel_valid=mask_id >= 0,
         pixel_mask_id=mask_id,
-        semantic=torch.where(mask_id >= 0, labels.clamp(min=0).gather(
-            1, mask_id.flatten(1).clamp(min=0)).view_as(mask_id), -1),
+        semantic=torch.where(
+            mask_id >= 0,
+            labels.clamp(min=0).gather(1, mask_id.flatten(1).clamp(min=0)).view_as(mask_id),
+            -1,
+        ),
     )
 
 

@@ -79,8 +79,12 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         for name in (
-            "pq_weight", "mask_id_weight", "instance_weight", "semantic_weight",
-            "mask_approx_weight", "aux_weight",
+            "pq_weight",
+            "mask_id_weight",
+            "instance_weight",
+            "semantic_weight",
+            "mask_approx_weight",
+            "aux_weight",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -90,7 +94,9 @@ class LossConfig:
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"LossConfig.{name} must lie in (0, 1], got {getattr(self, name)}")
         for name in (
-            "instance_temperature", "instance_sample_temperature", "semantic_sample_temperature",
+            "instance_temperature",
+            "instance_sample_temperature",
+            "semantic_sample_temperature",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"LossConfig.{name} must be > 0, got {getattr(self, name)}")
@@ -169,7 +175,24 @@ class PanopticCriterion(nn.Module):
             targets = build_targets(targets, stride=cfg.mask_stride, device=pred_masks.device)
         self._check_targets(targets, pred_masks)
 
-        # Match once, on the final output (§6.7).
+        # Softmaxes over 128 slots, dice ratios and 4096 x 4096 similarities need float32:
+        # never let a surrounding autocast region run them in half precision.
+        with torch.autocast(device_type=pred_masks.device.type, enabled=False):
+            losses = self._all_losses(outputs, aux_outputs, targets)
+
+        values = torch.stack(list(losses.values()))
+        if not bool(torch.isfinite(values).all()):  # one device sync for all terms
+            name, value = next((n, v) for n, v in losses.items() if not torch.isfinite(v))
+            raise FloatingPointError(f"loss term {name!r} is not finite ({value.item()})")
+        losses["loss"] = values.sum()
+        return losses
+
+    def _all_losses(
+        self, outputs: Mapping[str, Any], aux_outputs: list, targets: PanopticTargets
+    ) -> dict[str, Tensor]:
+        """Matches the final output once and applies every term to every output."""
+        cfg = self.config
+        pred_masks = outputs["pred_masks"]
         matches = self.matcher(outputs, targets)
         slots = slot_for_gt(matches, targets.gt_labels.shape[1], pred_masks.device)
         weights = pq_loss_weights(outputs["pred_logits"], pred_masks, targets, slots)
@@ -187,21 +210,15 @@ class PanopticCriterion(nn.Module):
                 self._output_losses(aux, *shared, prefix=f"aux_{index}_", scale=cfg.aux_weight)
             )
         if cfg.semantic_weight > 0:
-            if "semantic_logits" not in outputs:
-                raise KeyError(
-                    "outputs lack 'semantic_logits' (the model returns them in training mode "
-                    "only); set LossConfig.semantic_weight = 0 to train without them"
-                )
-            losses["loss_semantic"] = cfg.semantic_weight * semantic_loss(
-                outputs["semantic_logits"], targets, top_k=cfg.semantic_topk,
+            semantic = semantic_loss(
+                outputs["semantic_logits"],
+                targets,
+                top_k=cfg.semantic_topk,
                 sample_k=cfg.semantic_sample_k,
-                sample_temperature=cfg.semantic_sample_temperature, generator=self.generator,
-            ).mean()
-
-        for name, value in losses.items():
-            if not bool(torch.isfinite(value)):
-                raise FloatingPointError(f"loss term {name!r} is not finite ({value.item()})")
-        losses["loss"] = torch.stack(list(losses.values())).sum()
+                sample_temperature=cfg.semantic_sample_temperature,
+                generator=self.generator,
+            )
+            losses["loss_semantic"] = cfg.semantic_weight * semantic.mean()
         return losses
 
     def _output_losses(
@@ -224,14 +241,19 @@ class PanopticCriterion(nn.Module):
             losses["loss_pq_class"] = cfg.pq_weight * class_term.mean()
             losses["loss_pq_dice"] = cfg.pq_weight * dice_term.mean()
         if cfg.mask_id_weight > 0:
-            losses["loss_mask_id"] = cfg.mask_id_weight * mask_id_loss(
-                output["pred_masks"], target_slot, cfg.mask_id_topk
-            ).mean()
+            losses["loss_mask_id"] = (
+                cfg.mask_id_weight
+                * mask_id_loss(output["pred_masks"], target_slot, cfg.mask_id_topk).mean()
+            )
         if cfg.instance_weight > 0:
             if cfg.instance_sample_k > 0:
                 instance = pixel_contrastive_loss(
-                    output["pixel_feature"], targets, cfg.instance_temperature,
-                    cfg.instance_sample_k, cfg.instance_sample_temperature, self.generator,
+                    output["pixel_feature"],
+                    targets,
+                    cfg.instance_temperature,
+                    cfg.instance_sample_k,
+                    cfg.instance_sample_temperature,
+                    self.generator,
                 )
             else:
                 instance = instance_discrimination_loss(
@@ -260,7 +282,9 @@ class PanopticCriterion(nn.Module):
                 raise KeyError(f"{where} has 'ref_mu' but lacks 'ref_sigma'")
         pred_masks = outputs["pred_masks"]
         if pred_masks.dim() != 4:
-            raise ValueError(f"outputs['pred_masks'] must be [B, N, h, w], got {tuple(pred_masks.shape)}")
+            raise ValueError(
+                f"outputs['pred_masks'] must be [B, N, h, w], got {tuple(pred_masks.shape)}"
+            )
         batch_size, num_slots, h, w = pred_masks.shape
         expected = {
             "pred_logits": (batch_size, num_slots, self.num_classes + 1),
@@ -279,7 +303,12 @@ class PanopticCriterion(nn.Module):
                 ):
                     want = tuple("D" if s is None else s for s in shape)
                     raise ValueError(f"{where}[{key!r}] has shape {actual}, expected {want}")
-        if cfg.semantic_weight > 0 and "semantic_logits" in outputs:
+        if cfg.semantic_weight > 0:
+            if "semantic_logits" not in outputs:
+                raise KeyError(
+                    "outputs lack 'semantic_logits' (the model returns them in training mode "
+                    "only); set LossConfig.semantic_weight = 0 to train without them"
+                )
             actual = tuple(outputs["semantic_logits"].shape)
             if actual != (batch_size, self.num_classes, h, w):
                 raise ValueError(
@@ -303,7 +332,9 @@ class PanopticCriterion(nn.Module):
                 f"outside the model's {self.num_classes} classes"
             )
         semantic = targets.semantic
-        if semantic.numel() and (int(semantic.min()) < -1 or int(semantic.max()) >= self.num_classes):
+        if semantic.numel() and (
+            int(semantic.min()) < -1 or int(semantic.max()) >= self.num_classes
+        ):
             raise ValueError(
                 f"semantic labels span [{int(semantic.min())}, {int(semantic.max())}], "
                 f"outside [-1, {self.num_classes - 1}]"

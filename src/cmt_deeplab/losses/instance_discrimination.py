@@ -7,7 +7,8 @@ Two variants, as deeplab2 ``max_deeplab_loss.py`` has them:
 * Pixel-contrastive (credited to CMT-DeepLab, ``sample_k > 0``): ``K`` area-balanced
   non-void pixels (things *and* stuff) are sampled; each anchor's soft target is the
   uniform distribution over the sampled pixels of its own mask (itself included), its
-  prediction the softmax of ``f_a . f_b / tau`` over all sampled pixels.
+  prediction the softmax of ``f_a . f_b / tau`` over all sampled pixels; the loss is the
+  soft-target cross-entropy averaged over anchors.
 """
 
 from __future__ import annotations
@@ -75,19 +76,26 @@ def pixel_contrastive_loss(
     """
     indices, sample_valid = area_balanced_sample(targets, sample_k, sample_temperature, generator)
     feature = pixel_feature.flatten(2).float()  # [B, D, P]
-    sampled_feature = feature.gather(
-        2, indices[:, None, :].expand(-1, feature.shape[1], -1)
-    )  # [B, D, k]
-    sampled_id = targets.pixel_mask_id.flatten(1).gather(1, indices)  # [B, k]
+    sampled = feature.gather(2, indices[:, None, :].expand(-1, feature.shape[1], -1))
+    sampled = sampled.transpose(1, 2) * sample_valid[..., None]  # [B, k, D]
+    sampled_id = targets.pixel_mask_id.flatten(1).gather(1, indices).clamp(min=0)  # [B, k]
 
-    same_mask = sampled_id[:, :, None] == sampled_id[:, None, :]
-    pair_valid = sample_valid[:, :, None] & sample_valid[:, None, :]
-    gt_similarity = (same_mask & pair_valid).float()
-    gt_similarity = gt_similarity / gt_similarity.sum(-1, keepdim=True).clamp(min=1.0)
-
-    logits = torch.einsum("bdk,bdj->bkj", sampled_feature, sampled_feature) / temperature
+    logits = torch.einsum("bkd,bjd->bkj", sampled, sampled) / temperature  # [B, k, k]
     # Void pixels fill the draw only when an image has fewer than k non-void pixels; they
     # are neither anchors nor candidates.
     logits = logits.masked_fill(~sample_valid[:, None, :], _MASKED_LOGIT)
-    cross_entropy = -(gt_similarity * logits.log_softmax(-1)).sum(-1)  # [B, k]
+
+    # The soft target of anchor a is uniform over the sampled pixels of its own mask, so
+    # sum_b target_ab * logit_ab = f_a . mean(f_b of a's mask) / tau. Computing it through
+    # per-mask sums avoids materialising (and saving for backward) the [B, k, k] target.
+    num_gt = targets.gt_masks.shape[1]
+    index = sampled_id[..., None].expand_as(sampled)
+    mask_sum = sampled.new_zeros(sampled.shape[0], num_gt, sampled.shape[2])
+    mask_sum = mask_sum.scatter_add(1, index, sampled)  # [B, G, D]
+    mask_count = torch.zeros_like(targets.gt_area).scatter_add(
+        1, sampled_id, sample_valid.float()
+    )  # [B, G]
+    mask_mean = mask_sum / mask_count.clamp(min=1.0)[..., None]
+    positive = (sampled * mask_mean.gather(1, index)).sum(-1) / temperature  # [B, k]
+    cross_entropy = (logits.logsumexp(-1) - positive) * sample_valid  # [B, k]
     return mean_over_nonzero(cross_entropy)

@@ -8,8 +8,9 @@ per axis) are the moments of the GT mask's pixel coordinates; the batch loss is 
 over all matched pairs.
 
 Coordinates follow the corner-aligned convention of the strided ground truth: pixel
-``(i, j)`` of an ``h x w`` map sits at ``(i / (h - 1), j / (w - 1))`` (0 when a side is 1).
-The model's reference masks must use :func:`normalized_coordinates` too.
+``(i, j)`` of an ``h x w`` map sits at ``(i / (h - 1), j / (w - 1))`` (0.5 when a side is
+1). The CMT layer's reference masks use the same convention at their own resolution, so
+``mu`` and ``sigma`` mean the same thing at every stride.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ def normalized_coordinates(
     height: int, width: int, device: torch.device | str | None = None, dtype=torch.float32
 ) -> Tensor:
     """``[h*w, 2]`` ``(y, x)`` coordinates in [0, 1], row-major, corners at 0 and 1."""
-    ys = torch.linspace(0.0, 1.0, height, device=device, dtype=dtype) if height > 1 else (
-        torch.zeros(1, device=device, dtype=dtype)
-    )
-    xs = torch.linspace(0.0, 1.0, width, device=device, dtype=dtype) if width > 1 else (
-        torch.zeros(1, device=device, dtype=dtype)
-    )
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+
+    def axis(size: int) -> Tensor:
+        if size == 1:  # a single row/column sits in the middle of the image
+            return torch.full((1,), 0.5, device=device, dtype=dtype)
+        return torch.linspace(0.0, 1.0, size, device=device, dtype=dtype)
+
+    grid_y, grid_x = torch.meshgrid(axis(height), axis(width), indexing="ij")
     return torch.stack([grid_y.flatten(), grid_x.flatten()], dim=-1)
 
 

@@ -28,8 +28,7 @@ def check_finite(tensor: Tensor, key: str, step: str) -> None:
     if not bool(finite.all()):
         bad_images = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
         raise FloatingPointError(
-            f"non-finite values in outputs[{key!r}] at step {step!r} "
-            f"(batch indices {bad_images})"
+            f"non-finite values in outputs[{key!r}] at step {step!r} (batch indices {bad_images})"
         )
 
 
