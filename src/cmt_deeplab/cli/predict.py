@@ -1,0 +1,279 @@
+"""``cmt-deeplab predict``: panoptic PNGs and a COCO panoptic results JSON for a set of images.
+
+Output layout (``--output DIR``)::
+
+    DIR/panoptic/<stem>.png    COCO panoptic PNG (id = R + 256 G + 256^2 B, 0 = void)
+    DIR/predictions.json       {"annotations": [{"image_id", "file_name", "segments_info"}]}
+    DIR/overlay/<stem>.jpg     with --overlay: colours, contours and class names
+    DIR/skipped.json           with --skip-bad: the unreadable images and why
+
+``predictions.json`` is readable by panopticapi's ``pq_compute`` as is (with ``DIR/panoptic``
+as the prediction folder). Every file is written atomically and the JSON is rewritten after
+each batch, so an interrupted run leaves only whole files; a re-run skips the images whose
+PNG exists and that the JSON lists (``--overwrite`` redoes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cmt_deeplab.cli.main import UserError
+from cmt_deeplab.data.image_io import load_image
+from cmt_deeplab.data.metadata import DatasetInfo
+from cmt_deeplab.data.panoptic_png import write_panoptic_png
+from cmt_deeplab.inference.post_processing import POST_PROCESSORS
+from cmt_deeplab.inference.predictor import Predictor
+from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_json
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="panoptic predictions (PNGs + COCO JSON) for images",
+        description="Writes panoptic PNGs and a COCO panoptic results JSON for a set of images.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="DIR",
+                        help="checkpoint directory (model.safetensors + config.yaml)")
+    source.add_argument("--model", metavar="NAME",
+                        help="registered model name, randomly initialised (see `models`)")
+    parser.add_argument("--input", required=True, metavar="FILE|DIR|GLOB",
+                        help="an image, a directory of images, or a glob pattern (quote it)")
+    parser.add_argument("--output", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="B",
+                        help="images per forward pass (default 1)")
+    parser.add_argument("--size", default="641", metavar="S|HxW",
+                        help="input canvas: longer side S (square) or HxW (default 641)")
+    parser.add_argument("--method", choices=sorted(POST_PROCESSORS), default="pixelwise",
+                        help="post-processing (default pixelwise, as CMT-DeepLab)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--image-info", metavar="JSON",
+                        help="COCO `images` list (or a JSON with one): image ids by file_name; "
+                             "default: the file stem, as an int when all digits")
+    parser.add_argument("--categories", metavar="JSON",
+                        help="with --model: categories (COCO panoptic JSON or list); default COCO")
+    parser.add_argument("--overlay", action="store_true",
+                        help="also write DIR/overlay/<stem>.jpg visualisations")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="predict every image again, even those already done")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip unreadable images (listed in DIR/skipped.json) instead of failing")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.categories and not args.model:
+        raise UserError("--categories applies to --model only (a checkpoint has its own)")
+    size = parse_size(args.size)
+    device = _device(args.device)
+    inputs = find_images(args.input)
+    image_ids = _image_ids(inputs, args.image_info)
+
+    output = Path(args.output)
+    json_path = output / "predictions.json"
+    # --overwrite redoes this run's images; entries of other images from earlier runs stay.
+    annotations = _read_annotations(json_path, strict=not args.overwrite)
+    todo = [path for path in inputs
+            if args.overwrite or not _is_done(path, output, annotations)]
+
+    skipped: list[dict[str, str]] = []
+    if todo:
+        model, info = load_model(args, device)
+        predictor = Predictor(model, info, size=size, device=device, method=args.method,
+                              batch_size=args.batch_size)
+        order = [_png_name(path) for path in inputs]
+        with tqdm(total=len(todo), unit="img", desc="predict", disable=None) as progress:
+            for start in range(0, len(todo), args.batch_size):
+                batch = todo[start:start + args.batch_size]
+                _predict_batch(batch, predictor, output, annotations, image_ids, skipped, args)
+                # After every batch: the JSON only ever lists images whose files are complete.
+                atomic_write_json(json_path, {"annotations": _ordered(annotations, order)})
+                if args.skip_bad:
+                    atomic_write_json(output / "skipped.json", skipped, indent=1)
+                progress.update(len(batch))
+    elif not json_path.exists():
+        atomic_write_json(json_path, {"annotations": []})
+    if args.skip_bad and not todo:
+        atomic_write_json(output / "skipped.json", skipped, indent=1)
+
+    done = len(todo) - len(skipped)
+    print(f"predicted {done} image(s), {len(inputs) - len(todo)} already done, "
+          f"{len(skipped)} skipped -> {json_path}")
+    return 0
+
+
+def _predict_batch(
+    batch: list[Path],
+    predictor: Predictor,
+    output: Path,
+    annotations: dict[str, dict[str, Any]],
+    image_ids: dict[Path, int | str],
+    skipped: list[dict[str, str]],
+    args: argparse.Namespace,
+) -> None:
+    paths, arrays = [], []
+    for path in batch:
+        try:
+            arrays.append(load_image(path))
+            paths.append(path)
+        except (ValueError, FileNotFoundError) as error:
+            if not args.skip_bad:
+                raise
+            skipped.append({"file": str(path), "error": str(error)})
+    for path, image, result in zip(paths, arrays, predictor.predict_arrays(arrays), strict=True):
+        png_name = _png_name(path)
+        write_panoptic_png(output / "panoptic" / png_name, result.panoptic)
+        if args.overlay:
+            from cmt_deeplab.visualization.overlay import draw_overlay
+
+            overlay = draw_overlay(image, result.panoptic, result.segments_info, predictor.info)
+            buffer = io.BytesIO()
+            overlay.save(buffer, format="JPEG", quality=90)
+            atomic_write_bytes(output / "overlay" / f"{path.stem}.jpg", buffer.getvalue())
+        annotations[png_name] = result.to_coco(image_ids[path], png_name)
+
+
+def find_images(spec: str) -> list[Path]:
+    """The images named by ``--input``: one file, a directory's images, or a glob's files."""
+    path = Path(spec)
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir()
+                        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not images:
+            raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in directory {path}")
+    elif path.is_file():
+        images = [path]
+    elif glob.has_magic(spec):
+        images = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        if not images:
+            raise UserError(f"no files match {spec!r}")
+    else:
+        raise FileNotFoundError(f"input not found: {spec}")
+    by_stem: dict[str, Path] = {}
+    for image in images:
+        if image.stem in by_stem:
+            raise UserError(f"{by_stem[image.stem]} and {image} would both write "
+                            f"{image.stem}.png; rename one")
+        by_stem[image.stem] = image
+    return images
+
+
+def parse_size(text: str) -> int | tuple[int, int]:
+    """``"641"`` -> 641; ``"641x1025"`` -> ``(641, 1025)`` (height x width)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 2:
+        raise UserError(f"--size must be S or HxW with sizes >= 2, got {text!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, DatasetInfo]:
+    """The model and its categories, from ``--checkpoint`` or ``--model``."""
+    if args.checkpoint:
+        path = Path(args.checkpoint)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint directory not found: {path}")
+        from cmt_deeplab.engine.checkpoint import load_model_dir
+
+        model, config = load_model_dir(path, device)
+        return model, DatasetInfo.from_dict(config["data"])
+    import cmt_deeplab
+
+    info = DatasetInfo.from_json(args.categories) if args.categories else _coco_info()
+    model = cmt_deeplab.build_model(args.model, num_classes=info.num_classes,
+                                    num_thing_classes=info.num_thing_classes)
+    return model, info
+
+
+def _coco_info() -> DatasetInfo:
+    from cmt_deeplab.data import metadata
+
+    coco = getattr(metadata, "coco_panoptic_info", None)
+    if coco is None:
+        raise UserError("no COCO category list is bundled in this version; "
+                        "pass --categories JSON (e.g. COCO's panoptic_coco_categories.json)")
+    return coco()
+
+
+def _device(name: str | None) -> torch.device | None:
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"invalid --device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def _image_ids(inputs: list[Path], image_info: str | None) -> dict[Path, int | str]:
+    if image_info is None:
+        return {path: int(path.stem) if path.stem.isdigit() else path.stem for path in inputs}
+    info_path = Path(image_info)
+    try:
+        data = json.loads(info_path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image info JSON not found: {info_path}") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read image info JSON {info_path}: {error}") from None
+    records = data.get("images") if isinstance(data, dict) else data
+    if not isinstance(records, list):
+        raise ValueError(f"{info_path}: expected a COCO `images` list (or a JSON with one)")
+    try:
+        by_name = {Path(r["file_name"]).name: r["id"] for r in records}
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{info_path}: image records need `id` and `file_name` ({error})") from None
+    missing = [path.name for path in inputs if path.name not in by_name]
+    if missing:
+        raise UserError(f"{len(missing)} input image(s) not listed in {info_path}: "
+                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return {path: by_name[path.name] for path in inputs}
+
+
+def _read_annotations(json_path: Path, strict: bool = True) -> dict[str, dict[str, Any]]:
+    """Annotations of an earlier run by PNG file name; none when there was no run.
+
+    An unreadable JSON is an error unless ``strict`` is off (``--overwrite``: start afresh).
+    """
+    if not json_path.exists():
+        return {}
+    try:
+        data = json.loads(json_path.read_text())
+        return {a["file_name"]: a for a in data["annotations"]}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        if not strict:
+            return {}
+        raise UserError(f"cannot resume from {json_path} ({error}); "
+                        "use --overwrite to start again") from None
+
+
+def _is_done(path: Path, output: Path, annotations: dict[str, dict[str, Any]]) -> bool:
+    png_name = _png_name(path)
+    return png_name in annotations and (output / "panoptic" / png_name).is_file()
+
+
+def _ordered(annotations: dict[str, dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
+    """This run's images in input order, then those of earlier runs not among them."""
+    current = [annotations[name] for name in order if name in annotations]
+    listed = set(order)
+    return current + [a for name, a in annotations.items() if name not in listed]
+
+
+def _png_name(path: Path) -> str:
+    return f"{path.stem}.png"
