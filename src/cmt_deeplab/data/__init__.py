@@ -1,1 +1,53 @@
-"""Datasets, augmentation and ground-truth targets."""
+"""Datasets, augmentation and ground-truth targets.
+
+Reading: ``CocoPanopticDataset`` / ``CityscapesPanopticDataset`` return one sample dict per
+image (contract in ``data.sample``); ``TrainTransform`` / ``EvalTransform`` augment it;
+``collate_batch`` batches it. Command-line options: ``add_data_arguments`` +
+``dataset_from_args``. ``generate_synthetic_dataset`` writes the synthetic benchmark and
+``check_dataset`` verifies a split.
+
+Names are imported lazily (PEP 562), so ``from cmt_deeplab.data.metadata import ...`` stays
+cheap and cannot create import cycles.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "add_data_arguments": "arguments",
+    "dataset_from_args": "arguments",
+    "open_dataset": "arguments",
+    "CheckReport": "check",
+    "check_dataset": "check",
+    "CityscapesPanopticDataset": "cityscapes",
+    "resolve_cityscapes_split": "cityscapes",
+    "CocoPanopticDataset": "coco_panoptic",
+    "DataError": "coco_panoptic",
+    "SplitPaths": "coco_panoptic",
+    "resolve_split": "coco_panoptic",
+    "collate_batch": "collate",
+    "load_image": "image_io",
+    "IGNORE_LABEL": "metadata",
+    "Category": "metadata",
+    "DatasetInfo": "metadata",
+    "build_sample": "sample",
+    "generate_synthetic_dataset": "synthetic",
+    "synthetic_dataset_info": "synthetic",
+    "EvalTransform": "transforms",
+    "TrainTransform": "transforms",
+    "resize_crop_pad": "transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
