@@ -278,3 +278,25 @@ def test_losses_run_in_float32_inside_autocast():
     for key in plain:
         assert mixed[key].dtype == torch.float32
         assert mixed[key].item() == pytest.approx(plain[key].item(), rel=1e-6), key
+
+
+def test_image_without_ground_truth_masks():
+    samples = _samples()
+    empty = samples[1]
+    empty["masks"] = empty["masks"][:0]
+    empty["labels"], empty["is_thing"] = empty["labels"][:0], empty["is_thing"][:0]
+    empty["void"] = torch.ones_like(empty["void"])
+    empty["semantic"] = torch.full_like(empty["semantic"], -1)
+    outputs = _random_outputs()
+    losses = _criterion()(outputs, samples)
+    assert all(torch.isfinite(v) for v in losses.values())
+    # Image 1 adds nothing but its class term (every slot -> void), so halving the batch
+    # mean of the others is exact for the dice and mask-ID terms.
+    only_first = {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in outputs.items()}
+    only_first["aux_outputs"] = [
+        {k: v[:1] for k, v in aux.items()} for aux in outputs["aux_outputs"]
+    ]
+    single = PanopticCriterion(K, LossConfig(), torch.Generator().manual_seed(0))
+    first = single(only_first, samples[:1])
+    for term in ("loss_pq_dice", "loss_mask_id", "loss_instance", "aux_0_loss_mask_id"):
+        assert losses[term].item() == pytest.approx(first[term].item() / 2, rel=1e-5), term
