@@ -18,7 +18,7 @@ the MaX-S backbone without its transformers (Axial-R50 at output stride 16), the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -104,7 +104,8 @@ class CMTDeepLabConfig:
     drop_path_schedule: str = "constant"
     activation: str = "relu"
     use_semantic_head: bool = True
-    extras: dict = field(default_factory=dict)
+    semantic_channels: int = 256
+    semantic_projections: tuple[int, int] = (64, 32)
 
 
 class CMTDeepLab(nn.Module):
@@ -167,7 +168,7 @@ class CMTDeepLab(nn.Module):
         )
         self.semantic_head = (
             SemanticHead(c.num_classes, channels["stage5"], (channels["stage3"], channels["stage2"]),
-                         activation=c.activation)
+                         tuple(c.semantic_projections), c.semantic_channels, c.activation)
             if c.use_semantic_head else None
         )
 

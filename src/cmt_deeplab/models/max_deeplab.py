@@ -61,6 +61,8 @@ class MaXDeepLabConfig:
     activation: str = "relu"
     pixel_feature_dim: int = 128
     use_semantic_head: bool = True
+    semantic_channels: int = 256
+    semantic_projections: tuple[int, int] = (64, 32)
 
 
 @dataclass
@@ -169,12 +171,13 @@ class MaXDeepLab(nn.Module):
             if c.extra_decoder_num_stacks:
                 # The semantic feature is then already at stride 4: head only, no decoder.
                 self.semantic_head = SemanticHead(
-                    c.num_classes, current_channels, use_decoder=False, activation=c.activation
+                    c.num_classes, current_channels, channels=c.semantic_channels,
+                    activation=c.activation, use_decoder=False,
                 )
             else:
                 self.semantic_head = SemanticHead(
                     c.num_classes, channels["stage5"], (channels["stage3"], channels["stage2"]),
-                    activation=c.activation,
+                    tuple(c.semantic_projections), c.semantic_channels, c.activation,
                 )
 
     @staticmethod

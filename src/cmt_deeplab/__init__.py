@@ -1,0 +1,6 @@
+"""cmt-deeplab: CMT-DeepLab and MaX-DeepLab panoptic segmentation in PyTorch."""
+
+from cmt_deeplab.models import build_model, count_parameters, list_models, normalize_images
+
+__version__ = "0.1.0"
+__all__ = ["build_model", "count_parameters", "list_models", "normalize_images", "__version__"]
