@@ -6,9 +6,10 @@ Layout::
     ROOT/gtFine/cityscapes_panoptic_SPLIT.json      (COCO panoptic format)
     ROOT/gtFine/cityscapes_panoptic_SPLIT/CITY_SEQ_FRAME_gtFine_panoptic.png
 
-The JSON names images without their city folder (``images[].file_name`` is
-``CITY_..._leftImg8bit.png``, image ids are ``CITY_SEQ_FRAME``), so the only difference from the
-COCO reader is where an image is looked up. 19 evaluated classes (8 things), label divisor 1000.
+Image ids are ``CITY_SEQ_FRAME``; the image of an id is
+``leftImg8bit/SPLIT/CITY/{id}_leftImg8bit.png`` (the export's ``images[].file_name`` reads
+``..._gtFine_leftImg8bit.png`` and is corrected). That is the only difference from the COCO
+reader. 19 evaluated classes (8 things), label divisor 1000.
 The export with ``--use-train-id`` is read with ``train_id=True``.
 """
 
@@ -64,11 +65,16 @@ class CityscapesPanopticDataset(CocoPanopticDataset):
             *paths, transform=transform, label_divisor=label_divisor, skip_bad=skip_bad,
             seed=seed, name="cityscapes",
         )
+        for record in self.records:
+            # cityscapesscripts derives images[].file_name from the label file name, giving
+            # CITY_..._gtFine_leftImg8bit.png, a name no image has: use the real one.
+            if record.image_file is None or record.image_file.endswith("_gtFine_leftImg8bit.png"):
+                record.image_file = f"{record.image_id}_leftImg8bit.png"
 
     def image_path(self, record: ImageRecord) -> Path:
+        """``leftImg8bit/SPLIT/CITY/FILE``, or ``leftImg8bit/SPLIT/FILE`` if FILE has a folder."""
         assert record.image_file is not None
-        direct = self.images_dir / record.image_file
-        if "/" in record.image_file or direct.exists():
-            return direct
-        city = record.image_file.split("_", 1)[0]
+        if "/" in record.image_file:
+            return self.images_dir / record.image_file
+        city = str(record.image_id).split("_", 1)[0]
         return self.images_dir / city / record.image_file

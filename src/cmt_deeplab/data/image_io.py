@@ -49,7 +49,12 @@ def image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation tag
+            try:
+                orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation tag
+            except (OSError, SyntaxError, ValueError):
+                # A PNG may keep EXIF after its pixel data: a cut file loses it, which only a
+                # full decode (load_image) reports.
+                orientation = 1
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
     except (OSError, SyntaxError, ValueError) as error:
