@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from cmt_deeplab.data.panoptic_png import read_panoptic_png, write_panoptic_png
-from cmt_deeplab.evaluation import evaluate_panoptic, image_panoptic_stats, pq_compute
+from cmt_deeplab.evaluation import (
+    evaluate_panoptic,
+    image_panoptic_stats,
+    panoptic_eval,
+    pq_compute,
+)
 from cmt_deeplab.evaluation.synthetic import write_random_dataset
 
 
@@ -119,8 +124,9 @@ def test_missing_or_malformed_json(dataset: dict, tmp_path: Path) -> None:
         _evaluate(dataset, pred)
 
 
-def test_worker_errors_reach_the_caller(dataset: dict) -> None:
+def test_worker_errors_reach_the_caller(dataset: dict, monkeypatch) -> None:
     """Pixel-level checks run in the pool; their errors keep type and message."""
+    monkeypatch.setattr(panoptic_eval, "_GROUP_SIZE", 1)  # 3 groups: the pool does run
     pred = copy.deepcopy(dataset["pred"])
     pred["annotations"][1]["segments_info"].append({"id": 777, "category_id": 1})
     with pytest.raises(ValueError, match=r"\[777\]"):

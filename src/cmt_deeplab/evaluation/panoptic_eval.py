@@ -143,31 +143,39 @@ def _init_worker(info: DatasetInfo, ignore_crowd_in_semantic: bool) -> None:
     _WORKER_STATE["ignore_crowd"] = ignore_crowd_in_semantic
 
 
-def _evaluate_image(job: _ImageJob) -> PanopticStats:
-    return image_panoptic_stats(
-        _read_rgbx(job.gt_png), job.gt_segments, _read_rgbx(job.pred_png), job.pred_segments,
-        _WORKER_STATE["info"], _WORKER_STATE["ignore_crowd"], image_name=job.name,
-        id_mask=0xFFFFFF,
-    )
+def _evaluate_images(jobs: list[_ImageJob]) -> PanopticStats:
+    """Sum over a group of images, so that one small result crosses the process boundary
+    per group rather than one ``[K+1, K+1]`` confusion per image."""
+    info = _WORKER_STATE["info"]
+    total = PanopticStats.zeros(info.num_classes)
+    for job in jobs:
+        total += image_panoptic_stats(
+            _read_rgbx(job.gt_png), job.gt_segments, _read_rgbx(job.pred_png), job.pred_segments,
+            info, _WORKER_STATE["ignore_crowd"], image_name=job.name, id_mask=0xFFFFFF,
+        )
+    return total
+
+
+#: Images per group. Fixed, and groups summed in order, so that the floating-point sums (and
+#: so the results, to the last bit) do not depend on ``num_workers`` or on scheduling.
+_GROUP_SIZE = 16
 
 
 def _accumulate(
     jobs: list[_ImageJob], info: DatasetInfo, num_workers: int, ignore_crowd_in_semantic: bool
 ) -> PanopticStats:
+    groups = [jobs[i:i + _GROUP_SIZE] for i in range(0, len(jobs), _GROUP_SIZE)]
     total = PanopticStats.zeros(info.num_classes)
-    if num_workers <= 0 or len(jobs) <= 1:
+    if num_workers <= 0 or len(groups) <= 1:
         _init_worker(info, ignore_crowd_in_semantic)
-        for job in jobs:
-            total += _evaluate_image(job)
+        for group in groups:
+            total += _evaluate_images(group)
         return total
-    workers = min(num_workers, len(jobs))
-    # Big chunks: the per-image results are tiny, so fewer round trips is all that matters.
-    chunksize = max(1, len(jobs) // (workers * 4))
     with multiprocessing.get_context().Pool(
-        workers, initializer=_init_worker, initargs=(info, ignore_crowd_in_semantic)
+        min(num_workers, len(groups)), initializer=_init_worker,
+        initargs=(info, ignore_crowd_in_semantic),
     ) as pool:
-        # Ordered, so that sums (and so the floats) do not depend on scheduling.
-        for stats in pool.imap(_evaluate_image, jobs, chunksize=chunksize):
+        for stats in pool.imap(_evaluate_images, groups):
             total += stats
     return total
 
