@@ -264,6 +264,8 @@ def test_data_arguments_both_forms(tmp_path):
         dataset_from_args(_parse(["--split", "val"]))
     with pytest.raises(ValueError, match="no dataset given"):
         dataset_from_args(_parse([]))
+    with pytest.raises(ValueError, match="--data ROOT needs --split NAME"):
+        dataset_from_args(_parse(["--data", str(tmp_path)]))
 
 
 def test_data_arguments_custom_split_flags(tmp_path):

@@ -29,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--crowd", nargs="?", type=float, const=0.2, default=0.0, metavar="P",
                         help="add a crowd region to a fraction P of the images (0.2 if no P)")
     parser.add_argument("--image-format", choices=("png", "jpg"), default="png")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="rendering processes (default: min(4, CPUs))")
+    parser.add_argument("--workers", type=int, default=min(4, _usable_cpus()),
+                        help="rendering processes (default: min(4, usable CPUs))")
     parser.set_defaults(func=run)
 
 
@@ -45,3 +45,10 @@ def run(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - start:.1f}s:\n  images      {paths.images_dir}\n"
           f"  annotations {paths.annotations_json}\n  panoptic    {paths.panoptic_dir}")
     return 0
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # respects taskset / container CPU limits
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -71,6 +71,8 @@ def dataset_from_args(
         if missing:
             raise ValueError(f"{', '.join(missing)} missing: {', '.join(flags)} go together")
         return CocoPanopticDataset(*paths, **kwargs)
+    if required and args.data is not None:
+        raise ValueError(f"--data ROOT needs {split_flag} NAME")
     if required:
         raise ValueError(f"no dataset given: use --data ROOT {split_flag} NAME or "
                          f"{' '.join(f'{f} ...' for f in flags)}")

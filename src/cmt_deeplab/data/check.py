@@ -13,7 +13,10 @@ Checks, each problem reported with its file:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -21,6 +24,7 @@ from tqdm import tqdm
 
 from cmt_deeplab.data.coco_panoptic import (
     CocoPanopticDataset,
+    ImageRecord,
     find_segment_problems,
     load_panoptic_json,
 )
@@ -99,11 +103,13 @@ def check_dataset(
     return report
 
 
-def _check_record(dataset, record, report: CheckReport, decode_images: bool) -> None:
+def _check_record(
+    dataset: CocoPanopticDataset, record: ImageRecord, report: CheckReport, decode_images: bool
+) -> None:
     png_path = dataset.png_path(record)
     where = f"image id {record.image_id}"
 
-    def problem(path, message: str) -> None:
+    def problem(path: str | Path, message: str) -> None:
         report.problems.append((str(path), f"{message} ({where})"))
 
     sizes = {}
@@ -148,7 +154,12 @@ def _check_record(dataset, record, report: CheckReport, decode_images: bool) -> 
         _check_areas_and_boxes(segment_ids, record.segments_info, png_path, problem)
 
 
-def _check_areas_and_boxes(segment_ids: np.ndarray, segments_info, png_path, problem) -> None:
+def _check_areas_and_boxes(
+    segment_ids: np.ndarray,
+    segments_info: list[dict[str, Any]],
+    png_path: Path,
+    problem: Callable[[str | Path, str], None],
+) -> None:
     """``area`` = pixel count and ``bbox`` = ``[x, y, w, h]`` of each listed segment."""
     unique, inverse, counts = np.unique(segment_ids, return_inverse=True, return_counts=True)
     slices = ndimage.find_objects(inverse.reshape(segment_ids.shape) + 1)
@@ -175,7 +186,7 @@ def _check_areas_and_boxes(segment_ids: np.ndarray, segments_info, png_path, pro
             problem(png_path, f"segment {segment_id}: bbox {given} in the JSON, {box} in the PNG")
 
 
-def _close(given, actual: int) -> bool:
+def _close(given: Any, actual: int) -> bool:
     try:
         return abs(float(given) - actual) < 1e-3
     except (TypeError, ValueError):

@@ -208,10 +208,13 @@ class CocoPanopticDataset(Dataset):
             if not path.is_dir():
                 raise FileNotFoundError(f"{what} directory not found: {path}")
         data = load_panoptic_json(self.annotations_json)
-        self.info = DatasetInfo.from_coco_categories(
-            data["categories"], label_divisor=label_divisor,
-            name=name or self.annotations_json.stem,
-        )
+        try:
+            self.info = DatasetInfo.from_coco_categories(
+                data["categories"], label_divisor=label_divisor,
+                name=name or self.annotations_json.stem,
+            )
+        except ValueError as error:
+            raise ValueError(f"{self.annotations_json}: {error}") from None
         self.records = parse_records(data, self.annotations_json)
         self.transform = transform
         self.skip_bad = skip_bad
