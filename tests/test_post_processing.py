@@ -286,3 +286,13 @@ def test_bad_shapes_are_rejected(post_process) -> None:
         post_process(logits, torch.zeros(2, 3, 3), INFO, out_size=(9, 9))
     with pytest.raises(ValueError, match="valid size"):
         post_process(logits, torch.zeros(1, 3, 3), INFO, out_size=(9, 9), valid_size=(10, 9))
+
+
+def test_maskwise_binary_masks_use_the_softmax_over_all_slots() -> None:
+    # Pixel 0: (0.35, 0.35, 0.3), nobody exceeds 0.4 -> void, although each candidate's logit
+    # is within 0.4 of the top. Pixel 1: (0.5, 0.25, 0.25) -> slot 0. Slot 2 is no candidate.
+    logits = class_logits((PERSON, 0.9), (CAR, 0.9), (GRASS, 0.2))
+    probs = torch.tensor([[0.35, 0.5], [0.35, 0.25], [0.3, 0.25]])[:, None, :]  # [3, 1, 2]
+    result = maskwise_panoptic(logits, probs.log(), INFO, thing_area_limit=0, stuff_area_limit=0,
+                               **identity_kwargs((1, 2)))
+    np.testing.assert_array_equal(result.panoptic, [[0, 257]])

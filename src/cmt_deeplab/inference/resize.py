@@ -61,3 +61,4 @@ def logits_to_output_matrix(
     upsample = bilinear_resize_matrix(mask_len, input_len, True, device)[:valid_len]
     resize = bilinear_resize_matrix(valid_len, out_len, False, device)
     return resize @ upsample
+
