@@ -35,7 +35,7 @@ def images(tmp_path: Path) -> Path:
 def fake_model(monkeypatch: pytest.MonkeyPatch) -> ColourModel:
     """Replaces model loading with the colour model; counts the images it sees."""
     model = ColourModel()
-    monkeypatch.setattr(predict, "load_model", lambda args, device: (model, INFO))
+    monkeypatch.setattr(predict, "load_model", lambda args, device: (model, INFO, 641))
     monkeypatch.setattr(cli_main, "COMMAND_MODULES", ["predict"])
     return model
 
@@ -174,7 +174,7 @@ def test_coco_sample_predictions_evaluate(tmp_path: Path, monkeypatch: pytest.Mo
         pytest.skip(f"COCO panoptic sample not found at {SAMPLE}")
     evaluation = pytest.importorskip("cmt_deeplab.evaluation")
     coco = DatasetInfo.from_json(SAMPLE / "panoptic_coco_categories.json")
-    monkeypatch.setattr(predict, "load_model", lambda args, device: (ColourModel(coco), coco))
+    monkeypatch.setattr(predict, "load_model", lambda args, device: (ColourModel(coco), coco, 641))
     monkeypatch.setattr(cli_main, "COMMAND_MODULES", ["predict"])
     out = tmp_path / "out"
     assert cli("--model", "fake", "--input", str(SAMPLE / "input_images"), "--output", str(out),
@@ -239,3 +239,38 @@ def test_overlay_blends_contours_and_names() -> None:
     sky_text = changed[changed[:, 1] >= 42]
     assert len(person_text) > 10 and len(sky_text) > 10
     assert abs(person_text[:, 0].mean() - 30) < 6 and abs(sky_text[:, 0].mean() - 30) < 6
+
+
+def test_checkpoint_directory_end_to_end(images: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import cmt_deeplab
+
+    checkpoint = pytest.importorskip("cmt_deeplab.engine.checkpoint")
+    if not hasattr(cmt_deeplab, "build_model"):
+        pytest.skip("cmt_deeplab.build_model (model registry) is not available yet")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = cmt_deeplab.build_model("max-deeplab-tiny", num_classes=INFO.num_classes,
+                                    num_thing_classes=INFO.num_thing_classes)
+    directory = checkpoint.save_model_dir(tmp_path / "ckpt", model, {
+        "data": INFO.to_dict(), "input": {"crop": [97, 97], "eval_size": [65, 65]}})
+    # Thresholds at 0 so that the random model's maps are not all void.
+    loose = {"class_threshold": 0.0, "pixel_threshold": 0.0, "thing_area_limit": 0,
+             "stuff_area_limit": 0}
+    predictor = Predictor.from_checkpoint(directory, device="cpu", **loose)
+    assert predictor.canvas == (65, 65) and predictor.info.to_dict() == INFO.to_dict()
+    image = scene(45, 70)
+    direct = Predictor(model, INFO, size=65, device="cpu", **loose)(image).panoptic
+    np.testing.assert_array_equal(predictor(image).panoptic, direct)
+
+    monkeypatch.setattr(cli_main, "COMMAND_MODULES", ["predict"])
+    out = tmp_path / "out"
+    assert cli("--checkpoint", str(directory), "--input", str(images / "street.jpg"),
+               "--output", str(out), "--device", "cpu") == 0
+    assert read_panoptic_png(out / "panoptic" / "street.png").shape == (60, 40)
+    assert cli("--checkpoint", str(tmp_path / "nowhere"), "--input", str(images),
+               "--output", str(out)) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert cli("--model", "no-such-model", "--categories", str(tmp_path / "c.json"),
+               "--input", str(images), "--output", str(out)) == 2

@@ -31,7 +31,7 @@ from cmt_deeplab.data.image_io import load_image
 from cmt_deeplab.data.metadata import DatasetInfo
 from cmt_deeplab.data.panoptic_png import write_panoptic_png
 from cmt_deeplab.inference.post_processing import POST_PROCESSORS
-from cmt_deeplab.inference.predictor import Predictor
+from cmt_deeplab.inference.predictor import Predictor, checkpoint_size
 from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -53,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--batch-size", type=int, default=1, metavar="B",
                         help="images per forward pass (default 1)")
-    parser.add_argument("--size", default="641", metavar="S|HxW",
-                        help="input canvas: longer side S (square) or HxW (default 641)")
+    parser.add_argument("--size", metavar="S|HxW",
+                        help="input canvas: longer side S (square) or HxW (default: the "
+                             "checkpoint's evaluation size, else 641)")
     parser.add_argument("--method", choices=sorted(POST_PROCESSORS), default="pixelwise",
                         help="post-processing (default pixelwise, as CMT-DeepLab)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.categories and not args.model:
         raise UserError("--categories applies to --model only (a checkpoint has its own)")
-    size = parse_size(args.size)
+    size = parse_size(args.size) if args.size else None
     device = _device(args.device)
     inputs = find_images(args.input)
     image_ids = _image_ids(inputs, args.image_info)
@@ -91,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
 
     skipped: list[dict[str, str]] = []
     if todo:
-        model, info = load_model(args, device)
-        predictor = Predictor(model, info, size=size, device=device, method=args.method,
-                              batch_size=args.batch_size)
+        model, info, default_size = load_model(args, device)
+        predictor = Predictor(model, info, size=size or default_size, device=device,
+                              method=args.method, batch_size=args.batch_size)
         order = [_png_name(path) for path in inputs]
         with tqdm(total=len(todo), unit="img", desc="predict", disable=None) as progress:
             for start in range(0, len(todo), args.batch_size):
@@ -182,8 +183,10 @@ def parse_size(text: str) -> int | tuple[int, int]:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
-def load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, DatasetInfo]:
-    """The model and its categories, from ``--checkpoint`` or ``--model``."""
+def load_model(
+    args: argparse.Namespace, device: torch.device | None
+) -> tuple[nn.Module, DatasetInfo, int | tuple[int, int]]:
+    """The model, its categories and its default canvas, from ``--checkpoint`` or ``--model``."""
     if args.checkpoint:
         path = Path(args.checkpoint)
         if not path.is_dir():
@@ -191,13 +194,14 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[nn.Modul
         from cmt_deeplab.engine.checkpoint import load_model_dir
 
         model, config = load_model_dir(path, device)
-        return model, DatasetInfo.from_dict(config["data"])
+        return model, DatasetInfo.from_dict(config["data"]), checkpoint_size(config)
     import cmt_deeplab
 
     info = DatasetInfo.from_json(args.categories) if args.categories else _coco_info()
+    # An unknown name raises a ValueError that lists the registered ones.
     model = cmt_deeplab.build_model(args.model, num_classes=info.num_classes,
                                     num_thing_classes=info.num_thing_classes)
-    return model, info
+    return model, info, 641
 
 
 def _coco_info() -> DatasetInfo:

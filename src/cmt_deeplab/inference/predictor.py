@@ -82,15 +82,25 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device | None = None, **kwargs: Any
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        size: int | tuple[int, int] | None = None,
+        **kwargs: Any,
     ) -> Predictor:
-        """A Predictor for a checkpoint directory (``model.safetensors`` + ``config.yaml``)."""
+        """A Predictor for a checkpoint directory (``model.safetensors`` + ``config.yaml``).
+
+        ``size`` defaults to the checkpoint's evaluation canvas (``input.eval_size``, else its
+        training ``input.crop``), else 641. Other keyword arguments go to the constructor.
+        """
         from cmt_deeplab.engine.checkpoint import load_model_dir
 
         device = torch.device(device) if device is not None else _default_device()
         model, config = load_model_dir(path, device)
         info = DatasetInfo.from_dict(config["data"])
-        return cls(model, info, device=device, **kwargs)
+        if size is None:
+            size = checkpoint_size(config)
+        return cls(model, info, size=size, device=device, **kwargs)
 
     def __call__(
         self, images: ImageInput | Sequence[ImageInput]
@@ -165,6 +175,13 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     if image.dtype != np.uint8:
         image = np.clip(np.rint(image.astype(np.float64)), 0, 255).astype(np.uint8)
     return image
+
+
+def checkpoint_size(config: dict[str, Any], default: int = 641) -> int | tuple[int, int]:
+    """The canvas a checkpoint was evaluated at: ``input.eval_size``, else ``input.crop``."""
+    section = config.get("input") or {}
+    size = section.get("eval_size") or section.get("crop")
+    return default if size is None else (size if isinstance(size, int) else tuple(size))
 
 
 def _canvas_size(size: int | Sequence[int]) -> tuple[int, int]:
