@@ -42,8 +42,11 @@ class ASPP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [branch(x) for branch in self.branches]
-        pooled = self.pool(x.mean(dim=(2, 3), keepdim=True))
-        outs.append(pooled.expand(-1, -1, *x.shape[-2:]))
+        conv, bn, act = self.pool
+        # BN after broadcasting: the same statistics as on the pooled vector, and a batch of
+        # one still trains (one value per channel would make torch's BN refuse).
+        pooled = conv(x.mean(dim=(2, 3), keepdim=True)).expand(-1, -1, *x.shape[-2:])
+        outs.append(act(bn(pooled)))
         return self.dropout(self.project(torch.cat(outs, dim=1)))
 
 

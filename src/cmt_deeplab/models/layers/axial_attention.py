@@ -19,7 +19,6 @@ against the gathered ``[L, L, d]`` table: that keeps them GEMM-bound at large L
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cmt_deeplab.models.layers.init import trunc_normal_
@@ -142,36 +141,3 @@ class AxialAttention2D(nn.Module):
             y = y[:, :, :: self.stride]
         return y.permute(0, 3, 1, 2).contiguous()
 
-
-def _reference_axial_attention(module: AxialAttention, x: torch.Tensor) -> torch.Tensor:
-    """Direct einsum form of :class:`AxialAttention`, for tests of the batched path."""
-    batch, length, _ = x.shape
-    heads = module.num_heads
-    dk, dv = module.key_channels // heads, module.value_channels // heads
-    qkv = module.qkv_bn(module.qkv(x).reshape(batch * length, -1)).reshape(batch, length, -1)
-    q, k, v = qkv.split([module.key_channels, module.key_channels, module.value_channels], -1)
-    q = q.reshape(batch, length, heads, dk)
-    k = k.reshape(batch, length, heads, dk)
-    v = v.reshape(batch, length, heads, dv)
-    index = relative_index(length, x.device)
-    terms = [
-        torch.einsum("bohd,bphd->bhop", q, k),
-        torch.einsum("bohd,opd->bhop", q, module.query_rpe[index]),
-        torch.einsum("bphd,opd->bhop", k, module.key_rpe[index]),
-    ]
-    logits = torch.stack(terms, 1).reshape(batch, 3 * heads, length * length)
-    logits = F.batch_norm(
-        logits, module.similarity_bn.running_mean, module.similarity_bn.running_var,
-        module.similarity_bn.weight, module.similarity_bn.bias, False, 0.0, module.similarity_bn.eps,
-    ).reshape(batch, 3, heads, length, length).sum(1)
-    weights = logits.softmax(-1)
-    outs = [
-        torch.einsum("bhop,bphd->bhdo", weights, v),
-        torch.einsum("bhop,opd->bhdo", weights, module.value_rpe[index]),
-    ]
-    out = torch.stack(outs, 1).reshape(batch, 2 * module.value_channels, length)
-    out = F.batch_norm(
-        out, module.output_bn.running_mean, module.output_bn.running_var, module.output_bn.weight,
-        module.output_bn.bias, False, 0.0, module.output_bn.eps,
-    ).reshape(batch, 2, heads, dv, length).sum(1)
-    return out.reshape(batch, module.value_channels, length).transpose(1, 2)

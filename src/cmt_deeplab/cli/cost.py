@@ -1,0 +1,94 @@
+"""``cmt-deeplab cost``: parameters, GMACs, latency / FPS and peak memory per model."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+
+import torch
+
+from cmt_deeplab.cli.main import UserError
+from cmt_deeplab.models import list_models
+from cmt_deeplab.utils.cost import measure_cost
+
+JSON_KEYS = ("model", "params", "params_paper", "gmacs", "fps", "latency_s", "peak_mem_bytes")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"800x1200"`` (H x W) or ``"641"`` -> ``(H, W)``."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise UserError(f"bad size {text!r}; expected HxW, e.g. 800x1200") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 2:
+        raise UserError(f"bad size {text!r}; expected HxW with both sides >= 2")
+    return parts[0], parts[1]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "cost", help="params, GMACs, latency/FPS and peak memory (the paper's Table 2)"
+    )
+    parser.add_argument("--models", default="max-deeplab-s,cmt-deeplab-s",
+                        help="comma-separated model names (see `cmt-deeplab models`)")
+    parser.add_argument("--size", default="800x1200", help="input HxW (paper: 800x1200)")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    parser.add_argument("--no-timing", action="store_true", help="counts only (no forward)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed forwards (median)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for timing")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    height, width = parse_size(args.size)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    valid = list_models()
+    for name in names:
+        if name not in valid:
+            raise UserError(f"unknown model {name!r}; valid names: {', '.join(valid)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rows = [
+        measure_cost(name, height, width, timing=not args.no_timing, device=device,
+                     repeats=args.repeats)
+        for name in names
+    ]
+    print(format_rows(rows, args.format))
+    return 0
+
+
+def format_rows(rows: list, fmt: str) -> str:
+    dicts = [r.to_dict() for r in rows]
+    if fmt == "json":
+        return json.dumps([{k: d[k] for k in JSON_KEYS} | {"size": [d["height"], d["width"]],
+                           "device": d["device"], "peak_mem_kind": d["peak_mem_kind"]} for d in dicts],
+                          indent=2)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(dicts[0]))
+        writer.writeheader()
+        writer.writerows(dicts)
+        return buffer.getvalue().rstrip()
+    header = ("model", "size", "params", "paper params", "GMACs", "latency s", "FPS", "peak mem")
+    table = [header]
+    for d in dicts:
+        timed = d["latency_s"] is not None
+        table.append((
+            d["model"], f"{d['height']}x{d['width']}", f"{d['params']:,}", f"{d['params_paper']:,}",
+            f"{d['gmacs']:.1f}", f"{d['latency_s']:.3f}" if timed else "-",
+            f"{d['fps']:.2f}" if timed else "-",
+            f"{d['peak_mem_bytes'] / 2**20:.0f} MiB" if timed else "-",
+        ))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in table]
+    if dicts and dicts[0]["device"]:
+        lines.append(f"device: {dicts[0]['device']}; peak mem = {dicts[0]['peak_mem_kind']} of one forward")
+    lines.append("GMACs: multiply-accumulates (= paper 'FLOPs'), torch FlopCounterMode / 2, on the meta device")
+    return "\n".join(lines)
