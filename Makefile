@@ -20,7 +20,8 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
 venv: $(VENV)/.installed
 
 demo: venv
-	$(BIN)/cmt-deeplab demo --out $(DEMO_OUT)
+	$(BIN)/cmt-deeplab models
+	$(BIN)/cmt-deeplab cost --models cmt-deeplab-tiny,max-deeplab-s,cmt-deeplab-s --size 800x1200 --no-timing
 
 test: venv
 	$(BIN)/ruff check src tests benchmarks

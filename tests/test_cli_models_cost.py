@@ -1,0 +1,50 @@
+"""The ``models`` and ``cost`` commands end to end."""
+
+from __future__ import annotations
+
+import json
+
+from cmt_deeplab.cli.main import main
+
+
+def test_models_table_lists_every_model_with_counts(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "max-deeplab-s" in out and "61,900,200" in out
+    assert "cmt-deeplab-l-rfn" in out and "270,201,608" in out
+
+
+def test_models_json_and_pattern(capsys):
+    assert main(["models", "cmt-*", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} >= {"cmt-deeplab-s", "cmt-deeplab-tiny"}
+    assert all(r["name"].startswith("cmt-") for r in rows)
+
+
+def test_cost_json_rows_have_the_documented_keys(capsys):
+    assert main(["cost", "--models", "cmt-deeplab-tiny,max-deeplab-tiny", "--size", "65x97",
+                 "--format", "json", "--repeats", "1"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["cmt-deeplab-tiny", "max-deeplab-tiny"]
+    for row in rows:
+        assert {"model", "params", "params_paper", "gmacs", "fps", "latency_s", "peak_mem_bytes"} <= set(row)
+        assert row["params"] > row["params_paper"] > 0
+        assert row["gmacs"] > 0 and row["fps"] > 0 and row["latency_s"] > 0
+        assert row["peak_mem_bytes"] >= 0
+
+
+def test_cost_counts_paper_models_without_timing(capsys):
+    assert main(["cost", "--models", "max-deeplab-s", "--size", "800x1200", "--no-timing",
+                 "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    header, row = lines[0].split(","), lines[1].split(",")
+    values = dict(zip(header, row, strict=True))
+    assert int(values["params_paper"]) == 61_900_200
+    assert abs(float(values["gmacs"]) / 291 - 1) < 0.02
+
+
+def test_cost_rejects_unknown_model_and_bad_size(capsys):
+    assert main(["cost", "--models", "cmt-deeplab-xxl", "--no-timing"]) == 2
+    assert "cmt-deeplab-xxl" in capsys.readouterr().err
+    assert main(["cost", "--models", "cmt-deeplab-tiny", "--size", "abc"]) == 2
+    assert "bad size" in capsys.readouterr().err
