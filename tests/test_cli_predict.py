@@ -14,6 +14,7 @@ from cmt_deeplab.cli import predict
 from cmt_deeplab.data.metadata import DatasetInfo
 from cmt_deeplab.data.panoptic_png import read_panoptic_png
 from cmt_deeplab.inference.predictor import Predictor
+from cmt_deeplab.utils.io import atomic_write_json
 from test_predictor import INFO, ColourModel, scene
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_panoptic_sample"
@@ -77,10 +78,17 @@ def test_end_to_end_outputs(images: Path, tmp_path: Path, fake_model: ColourMode
 
 
 def test_resume_skips_finished_images(images: Path, tmp_path: Path, fake_model: ColourModel,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+                                      capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
     args = ["--model", "fake", "--input", str(images), "--output", str(out), "--size", "33"]
+    # With no minimum interval the JSON grows after every batch, then is written once more.
+    written = []
+    monkeypatch.setattr(predict, "_SAVE_INTERVAL_S", 0.0)
+    monkeypatch.setattr(predict, "atomic_write_json", lambda path, obj, indent=None: (
+        written.append(len(obj["annotations"])), atomic_write_json(path, obj, indent)))
     assert cli(*args) == 0 and images_seen(fake_model) == 3
+    assert written == [1, 2, 3, 3]
     assert cli(*args) == 0 and images_seen(fake_model) == 3  # nothing to do
     assert "predicted 0 image(s), 3 already done" in capsys.readouterr().out
     (out / "panoptic" / "square.png").unlink()  # a PNG lost: only that image again
@@ -272,5 +280,8 @@ def test_checkpoint_directory_end_to_end(images: Path, tmp_path: Path,
     assert cli("--checkpoint", str(tmp_path / "nowhere"), "--input", str(images),
                "--output", str(out)) == 2
     assert "nowhere" in capsys.readouterr().err
-    assert cli("--model", "no-such-model", "--categories", str(tmp_path / "c.json"),
+    categories = tmp_path / "categories.json"
+    categories.write_text(json.dumps(INFO.to_dict()))
+    assert cli("--model", "no-such-model", "--categories", str(categories),
                "--input", str(images), "--output", str(out)) == 2
+    assert "no-such-model" in capsys.readouterr().err
