@@ -9,6 +9,7 @@ matches, misses, false positives, crowd absorption and mostly-void predictions.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,14 @@ def _voronoi(seeds: np.ndarray, grid_h: int, grid_w: int) -> np.ndarray:
     y, x = np.mgrid[0:grid_h, 0:grid_w]
     distance = (y[..., None] - seeds[:, 0]) ** 2 + (x[..., None] - seeds[:, 1]) ** 2
     return distance.argmin(axis=-1)
+
+
+def _distinct_ids(rng: np.random.Generator, count: int) -> Iterator[int]:
+    """``count`` distinct random segment ids in ``[1, 256^3)``, as an iterator."""
+    ids: dict[int, None] = {}  # insertion-ordered set
+    while len(ids) < count:
+        ids.update(dict.fromkeys(rng.integers(1, 256**3, size=count).tolist()))
+    return iter(list(ids)[:count])
 
 
 def _render(
@@ -75,7 +84,7 @@ def random_panoptic_pair(
     grid_h, grid_w = -(-height // scale), -(-width // scale)
     num = int(rng.integers(*num_seeds))
     seeds = rng.uniform(0, 1, (num, 2)) * (grid_h, grid_w)
-    fresh = iter(rng.choice(np.arange(1, 256**3), size=4 * num + 16, replace=False).tolist())
+    fresh = _distinct_ids(rng, 4 * num + 16)
 
     # GT: each seed is a thing instance (some crowd), a stuff class (one segment per class)
     # or void.
@@ -155,17 +164,17 @@ def write_random_dataset(
 ) -> dict[str, Path]:
     """Writes ``num_images`` random pairs under ``root`` in COCO panoptic format.
 
-    Returns the paths ``gt_json``, ``gt_dir``, ``pred_json``, ``pred_dir``.
+    Image ``i`` depends on ``(seed, i)`` only. Returns the paths ``gt_json``, ``gt_dir``,
+    ``pred_json``, ``pred_dir``.
     """
     root = Path(root)
-    rng = np.random.default_rng(seed)
     paths = {"gt_json": root / "gt.json", "gt_dir": root / "gt",
              "pred_json": root / "pred.json", "pred_dir": root / "pred"}
     gt_json: dict[str, Any] = {"images": [], "annotations": [], "categories": categories}
     pred_json: dict[str, Any] = {"annotations": []}
     for index in range(num_images):
         gt, gt_segments, pred, pred_segments = random_panoptic_pair(
-            rng, height, width, categories, scale=scale
+            np.random.default_rng([seed, index]), height, width, categories, scale=scale
         )
         file_name = f"{index:06d}.png"
         write_panoptic_png(paths["gt_dir"] / file_name, gt)
