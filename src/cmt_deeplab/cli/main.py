@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "cost",
     "synth", "data",
     "predict",
+    "train",
+    "visualize",
 ]
 
 

@@ -105,3 +105,11 @@ class DatasetInfo:
             data["categories"], label_divisor=int(data.get("label_divisor", 256)),
             name=str(data.get("name", "custom")),
         )
+
+
+def coco_panoptic_info() -> DatasetInfo:
+    """COCO panoptic: 133 categories (80 things first), label divisor 256."""
+    from cmt_deeplab.data.coco_categories import COCO_PANOPTIC_CATEGORIES
+
+    categories = [Category(i, n, bool(t), tuple(c)) for i, n, t, c in COCO_PANOPTIC_CATEGORIES]
+    return DatasetInfo(categories, label_divisor=256, name="coco")
