@@ -1,0 +1,159 @@
+"""``cmt-deeplab train``: train a model from a YAML config, with overrides.
+
+    cmt-deeplab train --config coco_cmt_deeplab_s --data /data/coco --train-split train2017 \
+        --val-split val2017 --out runs/cmt_s
+    cmt-deeplab train --config synthetic_cmt_deeplab_tiny --data synth --train-split train \
+        --val-split val --out runs/tiny --set optimizer.lr=2e-3
+    torchrun --nproc_per_node 8 -m cmt_deeplab.cli.main train --config ... --out ...
+
+``--resume`` continues from the newest complete training state in ``--out``; ``--dry-run``
+runs one step at the configured crop and batch and reports the peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cmt_deeplab.cli.main import UserError
+from cmt_deeplab.data.arguments import add_data_arguments
+
+#: Flag -> dotted config key; given flags override ``--config`` and ``--set``.
+_FLAG_KEYS = {
+    "model": "model.name",
+    "steps": "run.steps",
+    "batch_size": "run.batch_size",
+    "crop": "input.crop",
+    "lr": "optimizer.lr",
+    "seed": "run.seed",
+    "save_every": "run.save_every",
+    "eval_every": "run.eval_every",
+    "device": "run.device",
+    "num_workers": "run.num_workers",
+}
+_DATA_KEYS = {
+    "data": "data.root",
+    "train_split": "data.train_split",
+    "val_split": "data.val_split",
+    "train_images": "data.train_images",
+    "train_annotations": "data.train_annotations",
+    "train_panoptic_dir": "data.train_panoptic_dir",
+    "val_images": "data.val_images",
+    "val_annotations": "data.val_annotations",
+    "val_panoptic_dir": "data.val_panoptic_dir",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a CMT-DeepLab / MaX-DeepLab model",
+        description="Trains a model. Settings come from --config (a YAML path or a shipped "
+                    "config name), then --set key.sub=value overrides, then the flags below.",
+    )
+    parser.add_argument("--config", metavar="FILE|NAME",
+                        help="YAML config, or the name of a shipped one (see --list-configs)")
+    parser.add_argument("--list-configs", action="store_true",
+                        help="print the shipped config names and exit")
+    parser.add_argument("--model", metavar="NAME", help="registered model name (model.name)")
+    add_data_arguments(parser, ("--train-split", "--val-split"))
+    parser.add_argument("--steps", type=int, metavar="N", help="optimizer steps (run.steps)")
+    parser.add_argument("--batch-size", type=int, metavar="B",
+                        help="images per step over all processes (run.batch_size)")
+    parser.add_argument("--crop", type=_parse_crop, metavar="HxW",
+                        help="training crop, S or HxW (input.crop)")
+    parser.add_argument("--lr", type=float, metavar="X", help="base learning rate")
+    parser.add_argument("--seed", type=int, metavar="K")
+    parser.add_argument("--save-every", type=int, metavar="N",
+                        help="steps between training states (0: only the final one)")
+    parser.add_argument("--eval-every", type=int, metavar="N",
+                        help="steps between PQ evaluations on --val-split (0: off)")
+    parser.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--num-workers", type=int, metavar="N", help="data loader workers")
+    parser.add_argument("--out", metavar="DIR", help="output directory (required unless "
+                                                     "--dry-run)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest complete training state in --out")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run one training step, report peak memory and exit")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override any config key, e.g. "
+                        "--set optimizer.lr=3e-4 --set loss.mask_approx_weight=0.5")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML and exit")
+    parser.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The resolved ``TrainConfig`` of the command line."""
+    from cmt_deeplab.engine.config import load_train_config
+
+    values: dict[str, Any] = {}
+    for attribute, key in {**_DATA_KEYS, **_FLAG_KEYS}.items():
+        value = getattr(args, attribute, None)
+        if value is not None:
+            values[key] = str(value) if isinstance(value, Path) else value
+    if getattr(args, "skip_bad", False):
+        values["data.skip_bad"] = True
+    if args.train_split is not None or args.train_images is not None:
+        # Data given on the command line replaces the config's train split entirely.
+        for name in ("train_split", "train_images", "train_annotations", "train_panoptic_dir"):
+            values.setdefault(f"data.{name}", None)
+    if args.val_split is not None or args.val_images is not None:
+        for name in ("val_split", "val_images", "val_annotations", "val_panoptic_dir"):
+            values.setdefault(f"data.{name}", None)
+    return load_train_config(args.config, args.overrides, values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cmt_deeplab.engine.config import list_shipped_configs
+
+    if args.list_configs:
+        print("\n".join(list_shipped_configs()))
+        return 0
+    config = build_config(args)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    if not args.dry_run and not args.out:
+        raise UserError("--out DIR is required (where checkpoints and the model go)")
+
+    from cmt_deeplab.engine.trainer import Trainer, format_bytes
+
+    trainer = Trainer(config, None if args.dry_run else args.out, resume=args.resume,
+                      progress=not args.no_progress)
+    try:
+        if args.dry_run:
+            report = trainer.dry_run()
+            print(f"dry run: {report['model']} on {report['device']}, crop "
+                  f"{report['crop'][0]}x{report['crop'][1]}, {report['micro_batch']} image(s) "
+                  f"per micro-batch x {report['accumulate']}: loss {report['loss']:.4f}, "
+                  f"{report['seconds']:.2f}s, {report['memory_kind']} "
+                  f"{format_bytes(report['peak_memory_bytes'])}")
+            print(json.dumps(report))
+            return 0
+        summary = trainer.train()
+    except FloatingPointError as error:
+        print(f"cmt-deeplab train: error: {error}", file=sys.stderr)
+        return 1
+    pq = f", PQ {summary['pq']:.2f}" if summary["pq"] is not None else ""
+    if trainer.dist.is_main:
+        print(f"trained {summary['steps']} steps ({summary['seconds_per_step']:.3f}s/step)"
+              f"{pq}; model written to {Path(args.out) / 'model.safetensors'}")
+    return 0
+
+
+def _parse_crop(text: str) -> list[int]:
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 2:
+        raise argparse.ArgumentTypeError(f"--crop must be S or HxW with sizes >= 2, got {text!r}")
+    return parts * 2 if len(parts) == 1 else parts

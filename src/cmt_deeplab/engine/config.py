@@ -1,0 +1,379 @@
+"""The training configuration: nested dataclasses loaded from YAML, with overrides.
+
+    config = load_train_config("coco_cmt_deeplab_s", ["run.steps=1000", "optimizer.lr=5e-4"])
+
+Precedence: dataclass defaults < the YAML file < ``--set key.sub=value`` (the value is parsed
+with ``yaml.safe_load``, so ``3e-4``, ``true``, ``[641, 641]`` and ``null`` work) < the common
+command-line flags (``--steps``, ``--lr``, ...), which the ``train`` command turns into the same
+dotted keys. An unknown key anywhere is an error naming it, and values are type-checked.
+
+``--config NAME`` takes a path or the bare name of a config shipped in ``cmt_deeplab/configs``
+(``list_shipped_configs()``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cmt_deeplab.losses.criterion import LossConfig
+
+AMP_MODES = ("none", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "adam")
+
+
+@dataclass
+class ModelSection:
+    """Which registered model, how many slots, and ``build_model`` overrides."""
+
+    name: str = "cmt-deeplab-s"
+    num_slots: int = 128
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    """The splits: ``root`` + split names (COCO or Cityscapes layout), or explicit paths."""
+
+    root: str | None = None
+    train_split: str | None = None
+    val_split: str | None = None
+    train_images: str | None = None
+    train_annotations: str | None = None
+    train_panoptic_dir: str | None = None
+    val_images: str | None = None
+    val_annotations: str | None = None
+    val_panoptic_dir: str | None = None
+    label_divisor: int | None = None  # None: the dataset's own (COCO 256, Cityscapes 1000)
+    skip_bad: bool = False
+
+
+@dataclass
+class InputSection:
+    """Training crop ``[H, W]`` and the evaluation canvas (default: the crop)."""
+
+    crop: list[int] = field(default_factory=lambda: [1025, 1025])
+    eval_size: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        self.crop = _size_pair(self.crop, "input.crop")
+        if self.eval_size is not None:
+            self.eval_size = _size_pair(self.eval_size, "input.eval_size")
+
+
+@dataclass
+class AugmentationSection:
+    """``data.transforms.TrainTransform`` arguments."""
+
+    min_scale: float = 0.5
+    max_scale: float = 1.5
+    scale_step: float = 0.1
+    resize_to_crop: bool = True
+    flip_prob: float = 0.5
+
+
+@dataclass
+class OptimizerSection:
+    """AdamW (decay on conv / linear kernels only) or Adam; ``backbone.*`` lr multiplier."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-7  # Keras' default, which deeplab2 trains with
+    backbone_lr_multiplier: float = 0.1
+
+
+@dataclass
+class ScheduleSection:
+    """Linear warm-up from 0, then poly decay over all steps (deeplab2's ``WarmUp`` + poly)."""
+
+    warmup_steps: int = 5000
+    power: float = 0.9
+    end_lr_factor: float = 0.0
+
+
+@dataclass
+class EvaluationSection:
+    """Periodic PQ on the val split: post-processing and how many images."""
+
+    method: str = "pixelwise"
+    max_images: int = 0  # 0: all
+    batch_size: int = 4
+    class_threshold: float = 0.7
+    pixel_threshold: float = 0.4
+    thing_area_limit: float | None = None  # None: deeplab2's limits scaled to the canvas
+    stuff_area_limit: float | None = None
+
+
+@dataclass
+class RunSection:
+    """Steps and bookkeeping. ``batch_size`` is images per optimizer step over all processes
+    and accumulation micro-batches together; ``save_every`` / ``eval_every`` 0 turn those off."""
+
+    steps: int = 200_000
+    batch_size: int = 64
+    seed: int = 0
+    save_every: int = 5000
+    keep_last: int = 3
+    eval_every: int = 0
+    log_every: int = 20
+    device: str = "auto"
+    amp: str = "none"
+    grad_clip: float = 0.0
+    accumulate: int = 1
+    num_workers: int = 4
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; ``to_dict`` is stored in every checkpoint."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    input: InputSection = field(default_factory=InputSection)
+    augmentation: AugmentationSection = field(default_factory=AugmentationSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    loss: LossConfig = field(default_factory=LossConfig)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> TrainConfig:
+        """Builds a config from a (sparse) mapping; unknown keys and bad types name the key."""
+        return _build(cls, data or {}, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        run, opt, sched = self.run, self.optimizer, self.schedule
+        checks = [
+            (run.steps >= 1, "run.steps must be >= 1", run.steps),
+            (run.batch_size >= 1, "run.batch_size must be >= 1", run.batch_size),
+            (run.accumulate >= 1, "run.accumulate must be >= 1", run.accumulate),
+            (run.batch_size % run.accumulate == 0,
+             "run.batch_size must be a multiple of run.accumulate", run.batch_size),
+            (min(run.save_every, run.eval_every, run.log_every, run.keep_last,
+                 run.num_workers) >= 0,
+             "run.save_every/eval_every/log_every/keep_last/num_workers must be >= 0", None),
+            (run.amp in AMP_MODES, f"run.amp must be one of {AMP_MODES}", run.amp),
+            (run.grad_clip >= 0, "run.grad_clip must be >= 0 (0: off)", run.grad_clip),
+            (opt.name in OPTIMIZERS, f"optimizer.name must be one of {OPTIMIZERS}", opt.name),
+            (opt.lr > 0, "optimizer.lr must be > 0", opt.lr),
+            (opt.weight_decay >= 0, "optimizer.weight_decay must be >= 0", opt.weight_decay),
+            (len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas),
+             "optimizer.betas must be two values in [0, 1)", opt.betas),
+            (opt.backbone_lr_multiplier >= 0, "optimizer.backbone_lr_multiplier must be >= 0",
+             opt.backbone_lr_multiplier),
+            (sched.warmup_steps >= 0, "schedule.warmup_steps must be >= 0", sched.warmup_steps),
+            (sched.power >= 0, "schedule.power must be >= 0", sched.power),
+            (0 <= sched.end_lr_factor <= 1, "schedule.end_lr_factor must lie in [0, 1]",
+             sched.end_lr_factor),
+            (self.model.num_slots >= 1, "model.num_slots must be >= 1", self.model.num_slots),
+            (self.evaluation.method in ("pixelwise", "maskwise"),
+             "evaluation.method must be 'pixelwise' or 'maskwise'", self.evaluation.method),
+            (self.evaluation.batch_size >= 1, "evaluation.batch_size must be >= 1",
+             self.evaluation.batch_size),
+        ]
+        for ok, message, value in checks:
+            if not ok:
+                raise ValueError(message + ("" if value is None else f", got {value!r}"))
+
+    @property
+    def eval_size(self) -> tuple[int, int]:
+        size = self.input.eval_size or self.input.crop
+        return int(size[0]), int(size[1])
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def configs_dir() -> Path:
+    """Folder of the YAML configs shipped with the package."""
+    return Path(str(resources.files("cmt_deeplab") / "configs"))
+
+
+def list_shipped_configs() -> list[str]:
+    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path to a YAML file, or the bare name (with or without ``.yaml``) of a shipped one."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = configs_dir() / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(
+        f"config not found: {name_or_path} (not a file, nor a shipped config; shipped: "
+        f"{', '.join(list_shipped_configs())})"
+    )
+
+
+def read_config_file(name_or_path: str | Path) -> dict[str, Any]:
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"config {path} is not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optimizer.lr=3e-4"`` -> ``("optimizer.lr", 0.0003)`` (value via ``yaml.safe_load``)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(f"--set expects key.sub=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ValueError(f"--set {key}: cannot parse value {raw!r}: {error}") from None
+    if isinstance(value, str):
+        # YAML 1.1 reads exponents without a dot ("3e-4") as strings; a user means a number.
+        with contextlib.suppress(ValueError):
+            value = float(value) if _looks_numeric(value) else value
+    return key, value
+
+
+def _looks_numeric(text: str) -> bool:
+    return any(ch.isdigit() for ch in text) and text.strip().lower() not in ("nan", "inf")
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``data["a"]["b"] = value`` for ``key = "a.b"``, creating the mappings on the way."""
+    parts = key.split(".")
+    node = data
+    for position, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[: position + 1])
+            raise ValueError(f"cannot set {key}: {where} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_train_config(
+    name_or_path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults < file < ``overrides`` (``"key.sub=value"`` strings) < ``values`` (dotted keys,
+    already typed: what the command-line flags give)."""
+    data = read_config_file(name_or_path) if name_or_path is not None else {}
+    for text in overrides:
+        set_dotted(data, *parse_override(text))
+    for key, value in (values or {}).items():
+        set_dotted(data, key, value)
+    return TrainConfig.from_dict(data)
+
+
+# --- typed construction --------------------------------------------------------------------
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the config"
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__} {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown config key {prefix + unknown[0]!r}"
+            + (f" (and {', '.join(repr(prefix + k) for k in unknown[1:])})" if unknown[1:] else "")
+            + f"; known keys{' under ' + repr(where) if prefix else ''}: {', '.join(sorted(fields))}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}" if prefix else str(error)) from None
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        last_error: Exception | None = None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ValueError as error:
+                last_error = error
+        assert last_error is not None
+        raise last_error
+    if hint is Any:
+        return value
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        if isinstance(value, int) and not isinstance(value, bool) and item is int:
+            return value  # a square size; InputSection turns it into [S, S]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key!r} must be a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"config key {key!r} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)  # 1e4 in YAML is a float
+            raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config key {key!r} must be a string, got {value!r}")
+        return value
+    raise AssertionError(f"unhandled config type {hint} at {key}")
+
+
+def _size_pair(value: Any, key: str) -> list[int]:
+    if isinstance(value, int):
+        value = [value, value]
+    if len(value) != 2 or min(value) < 2:
+        raise ValueError(f"{key} must be S or [H, W] with sizes >= 2, got {value!r}")
+    return [int(v) for v in value]

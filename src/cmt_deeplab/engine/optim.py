@@ -1,0 +1,108 @@
+"""Optimizer and learning-rate schedule, as deeplab2's trainer builds them (fact sheet §7).
+
+- AdamW with weight decay on convolution / linear *kernels* only (deeplab2 includes
+  ``.*(kernel|weight):0$`` and excludes everything else: BN / LayerNorm affine terms, biases,
+  relative-position tables and the slot table get none); or Adam without decay (MaX-DeepLab).
+- Parameters under a ``backbone.`` module train at ``lr x backbone_lr_multiplier``.
+- Linear warm-up from 0 over ``warmup_steps``, then poly decay over the *whole* run (deeplab2
+  wraps ``PolynomialDecay(decay_steps=total)`` in ``WarmUp``, so after the warm-up the lr
+  continues on the poly curve, it does not restart it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cmt_deeplab.engine.config import OptimizerSection, ScheduleSection
+
+#: Modules whose ``weight`` is a kernel that gets weight decay.
+_KERNEL_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def is_backbone_parameter(name: str) -> bool:
+    """``backbone.*``, also inside a wrapper or a recursive net (``net1.backbone.*``)."""
+    return name.startswith("backbone.") or ".backbone." in name
+
+
+def parameter_groups(
+    model: nn.Module, lr: float, weight_decay: float, backbone_lr_multiplier: float
+) -> list[dict]:
+    """Up to four groups: (backbone or not) x (decayed kernel or not), each with its ``lr``.
+
+    Every group carries ``name`` for logging; empty groups are left out.
+    """
+    kernels = {
+        id(module.weight)
+        for module in model.modules()
+        if isinstance(module, _KERNEL_MODULES) and isinstance(module.weight, nn.Parameter)
+    }
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        key = (is_backbone_parameter(name), id(param) in kernels)
+        groups.setdefault(key, []).append(param)
+    result = []
+    for (backbone, decay), params in sorted(groups.items()):
+        result.append({
+            "params": params,
+            "lr": lr * (backbone_lr_multiplier if backbone else 1.0),
+            "weight_decay": weight_decay if decay else 0.0,
+            "name": f"{'backbone' if backbone else 'head'}_{'decay' if decay else 'no_decay'}",
+        })
+    return result
+
+
+def build_optimizer(model: nn.Module, config: OptimizerSection) -> torch.optim.Optimizer:
+    """AdamW (decoupled decay on kernels) or Adam (no decay), over ``parameter_groups``."""
+    weight_decay = config.weight_decay if config.name == "adamw" else 0.0
+    groups = parameter_groups(model, config.lr, weight_decay, config.backbone_lr_multiplier)
+    betas = (float(config.betas[0]), float(config.betas[1]))
+    if config.name == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.eps)
+    if config.name == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, betas=betas, eps=config.eps)
+    raise ValueError(f"unknown optimizer {config.name!r}; choose adamw or adam")
+
+
+def poly_lr_factor(
+    step: int, total_steps: int, warmup_steps: int = 0, power: float = 0.9,
+    end_factor: float = 0.0,
+) -> float:
+    """Multiplier of the base lr for the update after ``step`` updates.
+
+    ``step / warmup_steps`` during the warm-up, else
+    ``(1 - end) * (1 - step / total) ** power + end`` (0 from ``total`` on).
+    """
+    if step < warmup_steps:
+        return step / warmup_steps
+    progress = min(step, total_steps) / max(total_steps, 1)
+    return (1.0 - end_factor) * (1.0 - progress) ** power + end_factor
+
+
+@dataclass
+class PolyWarmupSchedule:
+    """``LambdaLR`` multiplier (a callable object, so its numbers go into the state dict)."""
+
+    total_steps: int
+    warmup_steps: int = 0
+    power: float = 0.9
+    end_factor: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        return poly_lr_factor(step, self.total_steps, self.warmup_steps, self.power,
+                              self.end_factor)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: ScheduleSection, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Step it once per optimizer update; update ``k`` (from 0) uses ``lr x factor(k)``."""
+    schedule = PolyWarmupSchedule(total_steps, config.warmup_steps, config.power,
+                                  config.end_lr_factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
