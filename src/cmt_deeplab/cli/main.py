@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "predict",
     "train",
     "visualize",
+    "evaluate",
 ]
 
 

@@ -1,0 +1,61 @@
+"""``cmt-deeplab evaluate``: predict a split and score it (PQ / SQ / RQ, mIoU)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cmt_deeplab.cli.main import UserError
+from cmt_deeplab.cli.predict import _device, load_model, parse_size
+from cmt_deeplab.data.arguments import add_data_arguments, dataset_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("evaluate", help="panoptic quality of a model on a dataset split")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="DIR", help="trained model directory")
+    source.add_argument("--model", metavar="NAME", help="registered model with random weights")
+    add_data_arguments(parser)
+    parser.add_argument("--output", metavar="DIR", help="writes metrics.json and per_class.csv")
+    parser.add_argument("--size", metavar="S|HxW", help="canvas (default: the checkpoint's)")
+    parser.add_argument("--method", choices=("pixelwise", "maskwise"), default="pixelwise")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-images", type=int, default=0, help="first N images only (0: all)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.set_defaults(func=run, categories=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cmt_deeplab.engine.evaluate import evaluate_model
+    from cmt_deeplab.evaluation import format_pq_table, write_per_class_csv
+    from cmt_deeplab.utils.io import atomic_write_json
+
+    dataset = dataset_from_args(args, skip_bad=args.skip_bad)
+    device = _device(args.device)
+    model, info, default_size = load_model(args, device)
+    if [c.id for c in info.categories] != [c.id for c in dataset.info.categories]:
+        if args.checkpoint:
+            raise UserError("the checkpoint's categories differ from the dataset's; evaluate on "
+                            "data with the categories the model was trained on")
+        model, info = _rebuild_for(args.model, dataset.info), dataset.info
+    size = parse_size(args.size) if args.size else default_size
+    result = evaluate_model(model, dataset, size, device=device, method=args.method,
+                            max_images=args.max_images, batch_size=args.batch_size, progress=True)
+    print(format_pq_table(result))
+    print(f"images: {result['num_images']}")
+    if args.output:
+        out = Path(args.output)
+        metrics = {key: result[key] for key in ("All", "Things", "Stuff", "per_class", "miou",
+                                                "num_images")}
+        metrics["per_class"] = {str(k): v for k, v in metrics["per_class"].items()}
+        atomic_write_json(out / "metrics.json", metrics, indent=2)
+        write_per_class_csv(out / "per_class.csv", result, info)
+        print(f"wrote {out / 'metrics.json'} and {out / 'per_class.csv'}")
+    return 0
+
+
+def _rebuild_for(name: str, info):
+    import cmt_deeplab
+
+    return cmt_deeplab.build_model(name, num_classes=info.num_classes,
+                                   num_thing_classes=info.num_thing_classes)
