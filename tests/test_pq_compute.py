@@ -22,6 +22,7 @@ from cmt_deeplab.evaluation import (
     summarize_pq,
     write_per_class_csv,
 )
+from cmt_deeplab.evaluation.report import CSV_COLUMNS
 from cmt_deeplab.evaluation.synthetic import RANDOM_CATEGORIES, write_random_dataset
 
 COCO_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_panoptic_sample"
@@ -219,6 +220,7 @@ def test_format_table_and_per_class_csv(tmp_path: Path) -> None:
                                  scale=2)
     result = evaluate_panoptic(paths["gt_json"], paths["pred_json"], paths["gt_dir"],
                                paths["pred_dir"], num_workers=0)
+    assert json.loads(json.dumps(result))["per_class"]  # JSON-ready as it is
     table = format_pq_table(result)
     lines = table.splitlines()
     assert [line.split("|")[0].strip() for line in lines[2:5]] == ["All", "Things", "Stuff"]
@@ -238,5 +240,11 @@ def test_format_table_and_per_class_csv(tmp_path: Path) -> None:
         assert int(row["tp"]) == expected["tp"] and int(row["fn"]) == expected["fn"]
         iou = result["per_class_iou"][int(row["category_id"])]
         assert row["iou"] == ("" if iou is None else f"{iou:.6f}")
+    write_per_class_csv(tmp_path / "info.csv", result,
+                        DatasetInfo.from_coco_categories(RANDOM_CATEGORIES))
+    rows = (tmp_path / "info.csv").read_text().splitlines()
+    assert rows[0] == ",".join(CSV_COLUMNS)
+    assert rows[1].startswith("1,person,1,")  # DatasetInfo order: things first
+    assert rows[-1].startswith("20,wall,0,")
     with pytest.raises(KeyError, match="category id 99"):
         write_per_class_csv(tmp_path / "x.csv", result, [{"id": 99, "name": "x", "isthing": 0}])

@@ -108,6 +108,12 @@ def test_missing_png_file(dataset: dict) -> None:
         pq_compute(dataset["gt"], dataset["pred"], dataset["gt_dir"], "/nonexistent/dir")
 
 
+def test_unreadable_png(dataset: dict) -> None:
+    (dataset["pred_dir"] / "000001.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot read panoptic PNG .*000001\.png"):
+        _evaluate(dataset)
+
+
 def test_missing_or_malformed_json(dataset: dict, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="prediction JSON not found: .*nope.json"):
         pq_compute(dataset["gt_json"], tmp_path / "nope.json", dataset["gt_dir"],
@@ -121,6 +127,10 @@ def test_missing_or_malformed_json(dataset: dict, tmp_path: Path) -> None:
     pred = copy.deepcopy(dataset["pred"])
     del pred["annotations"][0]["file_name"]
     with pytest.raises(ValueError, match="annotation of image 0 has no 'file_name'"):
+        _evaluate(dataset, pred)
+    pred = copy.deepcopy(dataset["pred"])
+    pred["annotations"][1]["segments_info"] = None
+    with pytest.raises(ValueError, match="segments_info of image 1 is not a list"):
         _evaluate(dataset, pred)
 
 

@@ -78,6 +78,8 @@ def _by_image_id(annotations: list[dict[str, Any]], what: str) -> dict[Any, dict
         for key in ("file_name", "segments_info"):
             if key not in annotation:
                 raise ValueError(f"{what} JSON: annotation of image {image_id!r} has no {key!r}")
+        if not isinstance(annotation["segments_info"], list):
+            raise ValueError(f"{what} JSON: segments_info of image {image_id!r} is not a list")
         by_id[image_id] = annotation
     return by_id
 
