@@ -14,12 +14,18 @@ from cmt_deeplab.models.layers.axial_attention import (
 )
 
 
-def reference_axial_attention(module: AxialAttention, x: torch.Tensor) -> torch.Tensor:
+def reference_axial_attention(
+    module: AxialAttention, x: torch.Tensor, training: bool = False
+) -> torch.Tensor:
     """Direct einsum form of :class:`AxialAttention`, for tests of the batched path."""
     batch, length, _ = x.shape
     heads = module.num_heads
     dk, dv = module.key_channels // heads, module.value_channels // heads
-    qkv = module.qkv_bn(module.qkv(x).reshape(batch * length, -1)).reshape(batch, length, -1)
+    bn = module.qkv_bn
+    qkv = F.batch_norm(
+        module.qkv(x).reshape(batch * length, -1), bn.running_mean.clone(), bn.running_var.clone(),
+        bn.weight, bn.bias, training, 0.0, bn.eps,
+    ).reshape(batch, length, -1)
     q, k, v = qkv.split([module.key_channels, module.key_channels, module.value_channels], -1)
     q = q.reshape(batch, length, heads, dk)
     k = k.reshape(batch, length, heads, dk)
@@ -32,8 +38,9 @@ def reference_axial_attention(module: AxialAttention, x: torch.Tensor) -> torch.
     ]
     logits = torch.stack(terms, 1).reshape(batch, 3 * heads, length * length)
     logits = F.batch_norm(
-        logits, module.similarity_bn.running_mean, module.similarity_bn.running_var,
-        module.similarity_bn.weight, module.similarity_bn.bias, False, 0.0, module.similarity_bn.eps,
+        logits, module.similarity_bn.running_mean.clone(), module.similarity_bn.running_var.clone(),
+        module.similarity_bn.weight, module.similarity_bn.bias, training, 0.0,
+        module.similarity_bn.eps,
     ).reshape(batch, 3, heads, length, length).sum(1)
     weights = logits.softmax(-1)
     outs = [
@@ -42,8 +49,8 @@ def reference_axial_attention(module: AxialAttention, x: torch.Tensor) -> torch.
     ]
     out = torch.stack(outs, 1).reshape(batch, 2 * module.value_channels, length)
     out = F.batch_norm(
-        out, module.output_bn.running_mean, module.output_bn.running_var, module.output_bn.weight,
-        module.output_bn.bias, False, 0.0, module.output_bn.eps,
+        out, module.output_bn.running_mean.clone(), module.output_bn.running_var.clone(),
+        module.output_bn.weight, module.output_bn.bias, training, 0.0, module.output_bn.eps,
     ).reshape(batch, 2, heads, dv, length).sum(1)
     return out.reshape(batch, module.value_channels, length).transpose(1, 2)
 
@@ -58,13 +65,23 @@ def _randomise_bn(module: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("length", [1, 7, 41, 300])
-def test_batched_axial_attention_equals_einsum_reference(length):
+def test_folded_eval_path_equals_einsum_reference(length):
     torch.manual_seed(0)
     module = AxialAttention(32, 16, 32, num_heads=4).eval()
     _randomise_bn(module)
     x = torch.randn(3, length, 32)
     with torch.no_grad():
         torch.testing.assert_close(module(x), reference_axial_attention(module, x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("length", [2, 41])
+def test_batched_training_path_equals_einsum_reference(length):
+    torch.manual_seed(0)
+    module = AxialAttention(32, 16, 32, num_heads=4).train()
+    _randomise_bn(module)
+    x = torch.randn(3, length, 32)
+    expected = reference_axial_attention(module, x, training=True)
+    torch.testing.assert_close(module(x), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_relative_index_is_centred_and_clipped():

@@ -19,6 +19,7 @@ against the gathered ``[L, L, d]`` table: that keeps them GEMM-bound at large L
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cmt_deeplab.models.layers.init import trunc_normal_
@@ -66,6 +67,8 @@ class AxialAttention(nn.Module):
         self.output_bn = _bn(2 * value_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.similarity_bn.running_var is not None:
+            return self._forward_folded(x)
         batch, length, _ = x.shape
         heads = self.num_heads
         dk, dv = self.key_channels // heads, self.value_channels // heads
@@ -102,6 +105,51 @@ class AxialAttention(nn.Module):
         out = out.permute(0, 1, 2, 4, 3).reshape(batch, 2 * self.value_channels, length)
         out = self.output_bn(out).reshape(batch, 2, heads, dv, length).sum(dim=1)
         return out.reshape(batch, self.value_channels, length).transpose(1, 2)  # [B', L, V]
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval mode: every BN is an affine map, folded where it costs nothing.
+
+        The qkv BN goes into the projection; the per-(term, head) logit scales go into q and
+        k before the matmuls, and their shifts are dropped (constant over the keys, they
+        cancel in the softmax); the output BN becomes a scale per term and one shift. The
+        three logit terms are accumulated in place instead of stacked.
+        """
+        batch, length, _ = x.shape
+        heads, key, value = self.num_heads, self.key_channels, self.value_channels
+        dk, dv = key // heads, value // heads
+        scale, shift = _bn_affine(self.qkv_bn)
+        qkv = F.linear(x, self.qkv.weight * scale[:, None], shift)  # [B', L, 2K+V]
+        q, k, v = qkv.split([key, key, value], dim=-1)
+        q = q.reshape(batch, length, heads, dk)
+        k = k.reshape(batch, length, heads, dk)
+        v = v.reshape(batch, length, heads, dv).transpose(1, 2)  # [B', h, L, dv]
+        term_scale = _bn_affine(self.similarity_bn)[0].reshape(3, heads, 1)
+        index = relative_index(length, x.device)
+
+        logits = (q * term_scale[0]).transpose(1, 2) @ k.permute(0, 2, 3, 1)  # [B', h, L, L]
+        q_by_pos = (q * term_scale[1]).transpose(0, 1).reshape(length, batch * heads, dk)
+        query_term = q_by_pos @ self.query_rpe[index].transpose(1, 2)  # [L(o), B'h, L(p)]
+        logits += query_term.reshape(length, batch, heads, length).permute(1, 2, 0, 3)
+        k_by_pos = (k * term_scale[2]).transpose(0, 1).reshape(length, batch * heads, dk)
+        key_term = k_by_pos @ self.key_rpe[index].permute(1, 2, 0)  # [L(p), B'h, L(o)]
+        logits += key_term.reshape(length, batch, heads, length).permute(1, 2, 3, 0)
+        weights = logits.softmax(dim=-1)  # [B', h, L(o), L(p)]
+
+        out_scale, out_shift = _bn_affine(self.output_bn)
+        content_scale = out_scale[:value].reshape(heads, 1, dv)
+        rpe_scale = out_scale[value:].reshape(heads, 1, dv)
+        out = (weights @ v) * content_scale  # [B', h, L, dv]
+        w_by_pos = weights.permute(2, 0, 1, 3).reshape(length, batch * heads, length)
+        retrieved_rpe = (w_by_pos @ self.value_rpe[index]).reshape(length, batch, heads, dv)
+        out += retrieved_rpe.permute(1, 2, 0, 3) * rpe_scale
+        out = out.transpose(1, 2).reshape(batch, length, value)
+        return out + (out_shift[:value] + out_shift[value:])
+
+
+def _bn_affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BN as ``scale * x + shift`` per channel."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
 
 
 class AxialAttention2D(nn.Module):
