@@ -118,7 +118,8 @@ class EvaluationSection:
 @dataclass
 class RunSection:
     """Steps and bookkeeping. ``batch_size`` is images per optimizer step over all processes
-    and accumulation micro-batches together; ``save_every`` / ``eval_every`` 0 turn those off."""
+    and accumulation micro-batches together. The final step always gets a training state;
+    ``save_every`` 0 saves only that one, ``eval_every`` 0 turns evaluation off."""
 
     steps: int = 200_000
     batch_size: int = 64

@@ -189,7 +189,7 @@ class Trainer:
                     self.save_state()
         finally:
             bar.close()
-        if run.save_every and self.step % run.save_every and self.step > start_step:
+        if self.step > start_step and (not run.save_every or self.step % run.save_every):
             self.save_state()  # the final state, so that a longer run can resume from it
         if (run.eval_every and self.step % run.eval_every and self.val_dataset is not None
                 and self.step > start_step):
