@@ -43,7 +43,7 @@ class ResizedFuse(nn.Module):
                 height, width = feature.shape[-2:]
                 if (height + 1) // 2 == size[0] and (width + 1) // 2 == size[1]:
                     conv_layer, bn = conv[0], conv[1]
-                    feature = bn(F.conv2d(feature, conv_layer.weight, stride=2))
+                    feature = bn(F.conv2d(feature, conv_layer.weight, conv_layer.bias, stride=2))
                 else:
                     feature = conv(feature)
             feature = resize_bilinear(feature, size)

@@ -1,0 +1,59 @@
+"""Shared helpers of the benchmark scripts: load check, GEMM roof, timing, MAC counting."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def report_load() -> str:
+    """``uptime``-style load: benchmarks on a busy machine are noise; say so in the output."""
+    one, five, _ = os.getloadavg()
+    cpus = os.cpu_count() or 1
+    note = "" if one < 0.5 * cpus else "  (WARNING: machine busy, timings unreliable)"
+    return f"load average {one:.2f} / {five:.2f} on {cpus} CPUs{note}"
+
+
+def gemm_peak_gmacs(size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """Best-of-``repeats`` fp32 square GEMM throughput in GMAC/s: the roof to compare with."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return size**3 / best / 1e9
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, device: str = "cpu") -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def count_forward_macs(fn: Callable[[], object]) -> int:
+    """MACs of one call with torch's FlopCounterMode (FLOPs / 2), the same rule for every model."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops() // 2
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()

@@ -1,0 +1,65 @@
+"""Inference-only rewrites that keep a model's outputs (within float rounding) and make it
+faster: BN folded into the convolution or projection before it, channels-last layout.
+
+The result is for ``eval()`` use only (its BNs are gone), so it is a copy unless ``inplace``.
+Parameter and MAC counts are those of the original model; count on it, not on this.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from cmt_deeplab.models.layers.norm_act import ConvBN, LinearBN
+
+
+@torch.no_grad()
+def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    conv.bias = nn.Parameter(bias)
+
+
+@torch.no_grad()
+def _fold_linear_bn(linear: nn.Linear, bn: nn.BatchNorm1d) -> None:
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    linear.weight.mul_(scale[:, None])
+    bias = bn.bias - bn.running_mean * scale
+    if linear.bias is not None:
+        bias = bias + linear.bias * scale
+    linear.bias = nn.Parameter(bias)
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Folds every ``ConvBN`` / ``LinearBN`` BN into its conv / linear, in place; returns how many."""
+    folded = 0
+    for module in model.modules():
+        if isinstance(module, ConvBN) and isinstance(module[1], nn.BatchNorm2d):
+            _fold_conv_bn(module[0], module[1])
+            module[1] = nn.Identity()
+            folded += 1
+        elif isinstance(module, LinearBN) and module.bn is not None:
+            _fold_linear_bn(module.linear, module.bn)
+            module.bn = None
+            folded += 1
+    return folded
+
+
+def optimize_for_inference(
+    model: nn.Module, inplace: bool = False, channels_last: bool = True
+) -> nn.Module:
+    """An eval-mode copy of ``model`` with BNs folded (and channels-last weights)."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    fold_batchnorm(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
