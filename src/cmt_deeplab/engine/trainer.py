@@ -157,6 +157,12 @@ class Trainer:
         if self.train_dataset is None:
             raise ValueError("no training data: set data.root + data.train_split (--data ROOT "
                              "--train-split NAME) or the data.train_* paths")
+        try:
+            return self._train()
+        finally:
+            self._close()  # also on errors: TensorBoard flushed, process group left
+
+    def _train(self) -> dict[str, Any]:
         run = self.config.run
         if self.resume:
             self._restore()
@@ -198,12 +204,10 @@ class Trainer:
             save_model_dir(self.out_dir, self.model, self.model_dir_config())
         self.dist.barrier()
         elapsed = time.perf_counter() - start_time
-        summary = {"steps": self.step, "seconds": elapsed,
-                   "seconds_per_step": elapsed / max(self.step - start_step, 1),
-                   "last_losses": last,
-                   "pq": self.eval_history[-1]["pq"] if self.eval_history else None}
-        self._close()
-        return summary
+        return {"steps": self.step, "seconds": elapsed,
+                "seconds_per_step": elapsed / max(self.step - start_step, 1),
+                "last_losses": last,
+                "pq": self.eval_history[-1]["pq"] if self.eval_history else None}
 
     def dry_run(self) -> dict[str, Any]:
         """One training step at the configured crop and batch; nothing is written.
@@ -212,6 +216,12 @@ class Trainer:
         "crop"}``; on CUDA the peak is ``max_memory_allocated``, on CPU the increase of the
         peak resident set size over the resident size before the step.
         """
+        try:
+            return self._dry_run()
+        finally:
+            self._close()
+
+    def _dry_run(self) -> dict[str, Any]:
         run = self.config.run
         crop = tuple(self.config.input.crop)
         if self.device.type == "cuda":
@@ -238,7 +248,6 @@ class Trainer:
             peak = _peak_rss_bytes() - base
             kind = "CPU peak RSS increase"
         seconds = time.perf_counter() - start
-        self._close()
         return {"peak_memory_bytes": int(peak), "memory_kind": kind,
                 "baseline_bytes": int(base), "seconds": seconds,
                 "loss": float(losses["loss"]), "micro_batch": self.micro_batch,
