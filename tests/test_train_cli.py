@@ -92,3 +92,14 @@ def test_short_run_writes_a_loadable_model_dir_and_eval(data_root, tmp_path, cap
     assert history[0]["num_images"] == 3 and 0 <= history[0]["pq"] <= 100
     assert any(p.name.startswith("events.out.tfevents") for p in out.iterdir())
     assert yaml.safe_load((out / "train_config.yaml").read_text())["run"]["batch_size"] == 2
+
+    # A longer run resumes from the final state, with a warning naming what changed.
+    with pytest.warns(UserWarning, match=r"changed settings: run\.steps"):
+        code = cli_main.main(["train", *TINY, "--data", str(data_root), "--train-split",
+                              "train", "--val-split", "val", "--steps", "3", "--save-every",
+                              "1", "--eval-every", "2", "--num-workers", "0", "--out",
+                              str(out), "--set", "run.keep_last=1", "--resume"])
+    assert code == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000003"]
+    assert [e["step"] for e in json.loads((out / "eval.json").read_text())] == [2, 3]
+    assert load_model_dir(out)[1]["step"] == 3

@@ -332,6 +332,7 @@ class Trainer:
             return
         loaded = load_training_state(checkpoint, self.model, self.optimizer)
         state = loaded["state"]
+        self._warn_config_changes()
         if state.get("world_size", 1) != self.dist.world_size:
             warnings.warn(f"resuming a run of {state.get('world_size')} processes with "
                           f"{self.dist.world_size}: the data order changes", stacklevel=2)
@@ -350,6 +351,20 @@ class Trainer:
         self.loss_generator.set_state(mine["loss"])
         if self.dist.is_main:
             tqdm.write(f"resumed from {checkpoint} (step {self.step}, epoch {self.epoch})")
+
+    def _warn_config_changes(self) -> None:
+        """Resuming with other settings is allowed (e.g. more steps) but worth a warning."""
+        previous_file = self.out_dir / "train_config.yaml"
+        if not self.dist.is_main or not previous_file.is_file():
+            return
+        try:
+            previous = yaml.safe_load(previous_file.read_text())
+        except (OSError, yaml.YAMLError):
+            return
+        changed = _changed_keys(previous, to_plain(self.config.to_dict()))
+        if changed:
+            warnings.warn(f"resuming {self.out_dir} with changed settings: {', '.join(changed)}"
+                          " (the run will not match an uninterrupted one)", stacklevel=3)
 
     def _build_loader(self) -> None:
         run = self.config.run
@@ -553,6 +568,15 @@ def _unused_parameters(
     model.load_state_dict(saved)
     torch.set_rng_state(rng)
     return unused
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new), key=str)
+        return [k for key in keys for k in _changed_keys(old.get(key), new.get(key),
+                                                         f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if old != new else []
 
 
 def _seed_everything(seed: int) -> None:
