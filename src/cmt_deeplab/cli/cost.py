@@ -11,9 +11,10 @@ import torch
 
 from cmt_deeplab.cli.main import UserError
 from cmt_deeplab.models import list_models
-from cmt_deeplab.utils.cost import measure_cost
+from cmt_deeplab.utils.cost import measure_cost, measure_training_memory
 
-JSON_KEYS = ("model", "params", "params_paper", "gmacs", "fps", "latency_s", "peak_mem_bytes")
+JSON_KEYS = ("model", "params", "params_paper", "gmacs", "fps", "latency_s", "peak_mem_bytes",
+             "train_mem_bytes")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -36,7 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--models", default="max-deeplab-s,cmt-deeplab-s",
                         help="comma-separated model names (see `cmt-deeplab models`)")
     parser.add_argument("--size", default="800x1200", help="input HxW (paper: 800x1200)")
-    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    parser.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
+    parser.add_argument("--markdown", action="store_const", const="markdown", dest="format",
+                        help="Markdown table with the paper's Table 2 figures beside ours")
+    parser.add_argument("--train-crop", metavar="HxW", default=None,
+                        help="also measure training memory per image at this crop "
+                             "(one step: forward, losses, backward)")
     parser.add_argument("--no-timing", action="store_true", help="counts only (no forward)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards (median)")
@@ -54,11 +60,15 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    rows = [
-        measure_cost(name, height, width, timing=not args.no_timing, device=device,
-                     repeats=args.repeats)
-        for name in names
-    ]
+    train_crop = parse_size(args.train_crop) if args.train_crop else None
+    rows = []
+    for name in names:
+        row = measure_cost(name, height, width, timing=not args.no_timing, device=device,
+                           repeats=args.repeats)
+        if train_crop is not None:
+            row.train_mem_bytes, row.train_mem_kind = measure_training_memory(name, train_crop, device)
+            row.train_crop = train_crop
+        rows.append(row)
     print(format_rows(rows, args.format))
     return 0
 
@@ -69,6 +79,8 @@ def format_rows(rows: list, fmt: str) -> str:
         return json.dumps([{k: d[k] for k in JSON_KEYS} | {"size": [d["height"], d["width"]],
                            "device": d["device"], "peak_mem_kind": d["peak_mem_kind"]} for d in dicts],
                           indent=2)
+    if fmt == "markdown":
+        return format_markdown(dicts)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(dicts[0]))
@@ -91,4 +103,30 @@ def format_rows(rows: list, fmt: str) -> str:
     if dicts and dicts[0]["device"]:
         lines.append(f"device: {dicts[0]['device']}; peak mem = {dicts[0]['peak_mem_kind']} of one forward")
     lines.append("GMACs: multiply-accumulates (= paper 'FLOPs'), torch FlopCounterMode / 2, on the meta device")
+    return "\n".join(lines)
+
+
+def format_markdown(rows: list[dict]) -> str:
+    """Ours beside the paper's Table 2 (V100 FPS, TPUv4 training memory, 1200x800)."""
+    from cmt_deeplab.demo.report import PAPER_TABLE2
+
+    lines = [
+        "| model | size | params | paper params | GMACs | paper GFLOPs | FPS | paper FPS "
+        "| train mem / image | paper train mem |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in rows:
+        paper = PAPER_TABLE2.get(d["model"], {})
+        fps = f"{d['fps']:.2f}" if d["fps"] is not None else "-"
+        memory = (f"{d['train_mem_bytes'] / 2**30:.2f} GiB ({d['train_mem_kind']}, crop "
+                  f"{d['train_crop'][0]}x{d['train_crop'][1]})" if d["train_mem_bytes"] else "-")
+        lines.append(
+            f"| {d['model']} | {d['height']}x{d['width']} | {d['params_paper'] / 1e6:.1f}M | "
+            f"{paper.get('params', '-')} | {d['gmacs']:.1f} | {paper.get('gflops', '-')} | {fps} | "
+            f"{paper.get('fps', '-')} | {memory} | {paper.get('memory', '-')} |"
+        )
+    device = next((d["device"] for d in rows if d["device"]), None)
+    if device:
+        lines.append(f"\nOurs measured on {device}; the paper's FPS on a V100 (TF 2.7), its "
+                     "training memory on a TPUv4.")
     return "\n".join(lines)

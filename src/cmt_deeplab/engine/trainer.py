@@ -193,6 +193,10 @@ class Trainer:
                     self.evaluate()
                 if run.save_every and self.step % run.save_every == 0:
                     self.save_state()
+                if run.time_limit_s and self._time_is_up(start_time):
+                    tqdm.write(f"time limit of {run.time_limit_s:.0f}s reached at step "
+                               f"{self.step}/{run.steps}; saving (rerun with --resume to go on)")
+                    break
         finally:
             bar.close()
         if self.step > start_step and (not run.save_every or self.step % run.save_every):
@@ -208,6 +212,15 @@ class Trainer:
                 "seconds_per_step": elapsed / max(self.step - start_step, 1),
                 "last_losses": last,
                 "pq": self.eval_history[-1]["pq"] if self.eval_history else None}
+
+    def _time_is_up(self, start_time: float) -> bool:
+        """Whether ``run.time_limit_s`` has passed; every rank takes rank 0's decision."""
+        up = time.perf_counter() - start_time >= self.config.run.time_limit_s
+        if self.dist.enabled:
+            flag = torch.tensor([float(up)], device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            up = bool(flag.item())
+        return up
 
     def dry_run(self) -> dict[str, Any]:
         """One training step at the configured crop and batch; nothing is written.

@@ -29,6 +29,9 @@ class CostRow:
     peak_mem_bytes: int | None = None
     peak_mem_kind: str | None = None
     device: str | None = None
+    train_mem_bytes: int | None = None
+    train_mem_kind: str | None = None
+    train_crop: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,3 +131,56 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def measure_training_memory(
+    name: str, crop: tuple[int, int], device: str | torch.device = "cpu", batch_size: int = 1,
+    **kwargs,
+) -> tuple[int, str]:
+    """Peak memory per image of one training step (forward, losses with matching, backward)
+    at ``crop``: CUDA peak allocated, or on CPU the peak resident-memory increase.
+
+    Returns ``(bytes_per_image, kind)``; the optimizer state is not included. On the CPU the
+    step runs in a fresh process: memory a previous forward left to the allocator would
+    otherwise hide part of the peak.
+    """
+    if torch.device(device).type == "cpu":
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_training_memory, (name, crop, "cpu", batch_size), kwargs)
+    return _training_memory(name, crop, device, batch_size, **kwargs)
+
+
+def _training_memory(
+    name: str, crop: tuple[int, int], device: str | torch.device, batch_size: int, **kwargs
+) -> tuple[int, str]:
+    from cmt_deeplab.engine.data import random_batch
+    from cmt_deeplab.losses import PanopticCriterion
+
+    device = torch.device(device)
+    model = build_model(name, **kwargs).to(device).train()
+    num_classes = model.build_kwargs["num_classes"]
+    criterion = PanopticCriterion(num_classes)
+    images, targets = random_batch(batch_size, crop, num_classes,
+                                   model.build_kwargs["num_thing_classes"])
+    images = images.to(device)
+    targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+               for t in targets]
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        criterion(model(images), targets)["loss"].backward()
+        torch.cuda.synchronize(device)
+        peak, kind = torch.cuda.max_memory_allocated(device) - base, "cuda peak allocated"
+    else:
+        import resource
+
+        base = _rss_bytes()
+        criterion(model(images), targets)["loss"].backward()
+        # ru_maxrss (KiB) is this fresh process's peak: the step's, since the model is built.
+        peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+        kind = "cpu peak RSS increase"
+    return peak // batch_size, kind

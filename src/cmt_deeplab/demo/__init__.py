@@ -1,0 +1,1 @@
+"""The one-command demo: synthetic data -> training -> PQ -> predictions -> maps -> report."""
