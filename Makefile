@@ -20,8 +20,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
 venv: $(VENV)/.installed
 
 demo: venv
-	$(BIN)/cmt-deeplab models
-	$(BIN)/cmt-deeplab cost --models cmt-deeplab-tiny,max-deeplab-s,cmt-deeplab-s --size 800x1200 --no-timing
+	$(BIN)/cmt-deeplab demo --out $(DEMO_OUT)
 
 test: venv
 	$(BIN)/ruff check src tests benchmarks
