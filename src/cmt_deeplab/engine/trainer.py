@@ -113,6 +113,12 @@ class Trainer:
                                             seed=run.seed)
         self.val_dataset = open_split(config.data, "val") if has_split(config.data, "val") \
             else None
+        if self.train_dataset is not None and self.val_dataset is not None:
+            ids = [[c.id for c in d.info.categories] for d in (self.train_dataset,
+                                                               self.val_dataset)]
+            if ids[0] != ids[1]:
+                raise ValueError(f"the train and val splits list different categories "
+                                 f"(ids {ids[0]} vs {ids[1]}); evaluate on the same label set")
         if self.train_dataset is not None:
             self.info: DatasetInfo = self.train_dataset.info
         elif self.val_dataset is not None:
