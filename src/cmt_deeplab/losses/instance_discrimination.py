@@ -83,7 +83,8 @@ def pixel_contrastive_loss(
     logits = torch.einsum("bkd,bjd->bkj", sampled, sampled) / temperature  # [B, k, k]
     # Void pixels fill the draw only when an image has fewer than k non-void pixels; they
     # are neither anchors nor candidates.
-    logits = logits.masked_fill(~sample_valid[:, None, :], _MASKED_LOGIT)
+    if not bool(sample_valid.all()):  # the usual case needs no [B, k, k] masking pass
+        logits = logits.masked_fill(~sample_valid[:, None, :], _MASKED_LOGIT)
 
     # The soft target of anchor a is uniform over the sampled pixels of its own mask, so
     # sum_b target_ab * logit_ab = f_a . mean(f_b of a's mask) / tau. Computing it through
