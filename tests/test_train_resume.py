@@ -89,3 +89,32 @@ def test_resume_needs_the_flag_when_states_exist(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 2
     assert "already holds training states; pass --resume" in result.stderr
+
+
+def test_a_longer_resumed_run_follows_the_new_schedule(tmp_path):
+    """Resuming with more steps stretches the poly decay (the lr must not stay at 0)."""
+    import pytest
+
+    from cmt_deeplab.engine.config import load_train_config
+    from cmt_deeplab.engine.optim import poly_lr_factor
+    from cmt_deeplab.engine.trainer import Trainer
+
+    generate_synthetic_dataset(tmp_path / "data", "train", num_images=4, size=40, seed=1)
+
+    def trainer(steps, lr):
+        config = load_train_config(None, [
+            "model.name=cmt-deeplab-tiny", "model.num_slots=8", f"data.root={tmp_path / 'data'}",
+            "data.train_split=train", "input.crop=33", "run.batch_size=2", f"run.steps={steps}",
+            "run.num_workers=0", "schedule.warmup_steps=0", f"optimizer.lr={lr}",
+        ])
+        return Trainer(config, tmp_path / "run", resume=True, progress=False)
+
+    trainer(2, 1e-3).train()
+    longer = trainer(4, 2e-3)
+    with pytest.warns(UserWarning, match="changed settings: optimizer.lr, run.steps"):
+        longer._restore()
+    assert longer.step == 2
+    for group in longer.optimizer.param_groups:
+        scale = 0.1 if group["name"].startswith("backbone") else 1.0
+        assert group["lr"] == pytest.approx(2e-3 * scale * poly_lr_factor(2, 4, 0, 0.9))
+    assert longer.scheduler.get_last_lr() == [g["lr"] for g in longer.optimizer.param_groups]

@@ -62,6 +62,11 @@ from cmt_deeplab.engine.optim import build_optimizer, build_scheduler
 from cmt_deeplab.losses.criterion import PanopticCriterion
 from cmt_deeplab.utils.io import atomic_write_json, atomic_write_text
 
+#: Settings that do not change the trained weights (no resume warning when they change).
+_BOOKKEEPING_KEYS = {"run.num_workers", "run.log_every", "run.save_every", "run.keep_last",
+                     "run.eval_every", "run.time_limit_s", "data.skip_bad",
+                     "data.val_split", "data.val_images", "data.val_annotations",
+                     "data.val_panoptic_dir", "input.eval_size"}
 #: COCO's class counts: the model of a ``--dry-run`` without data.
 _DEFAULT_CLASSES = (133, 80)
 
@@ -349,6 +354,12 @@ class Trainer:
                 tqdm.write(f"--resume: no complete training state in {self.out_dir}; "
                            "starting from step 0")
             return
+        # The current config owns the hyper-parameters and the lr curve (a longer run stretches
+        # the poly decay); the checkpoint owns the moments and the position. With an unchanged
+        # config both agree to the bit, so an exact resume stays exact.
+        configured = [{k: v for k, v in group.items() if k != "params"}
+                      for group in self.optimizer.param_groups]
+        base_lrs = list(self.scheduler.base_lrs)
         loaded = load_training_state(checkpoint, self.model, self.optimizer)
         state = loaded["state"]
         self._warn_config_changes()
@@ -360,7 +371,17 @@ class Trainer:
         self.step = loaded["step"]
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        scheduler_state = dict(state["scheduler"])
+        scheduler_state["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)  # keep ours
+        self.scheduler.load_state_dict(scheduler_state)
+        self.scheduler.base_lrs = base_lrs
+        schedule = self.scheduler.lr_lambdas[0]
+        for group, settings, base in zip(self.optimizer.param_groups, configured, base_lrs,
+                                         strict=True):
+            group.update(settings)
+            group["initial_lr"] = base
+            group["lr"] = base * schedule(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.eval_history = list(state.get("eval_history") or [])
@@ -380,7 +401,8 @@ class Trainer:
             previous = yaml.safe_load(previous_file.read_text())
         except (OSError, yaml.YAMLError):
             return
-        changed = _changed_keys(previous, to_plain(self.config.to_dict()))
+        changed = [key for key in _changed_keys(previous, to_plain(self.config.to_dict()))
+                   if key not in _BOOKKEEPING_KEYS and not key.startswith("evaluation.")]
         if changed:
             warnings.warn(f"resuming {self.out_dir} with changed settings: {', '.join(changed)}"
                           " (the run will not match an uninterrupted one)", stacklevel=3)
