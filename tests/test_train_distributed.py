@@ -1,4 +1,4 @@
-"""Two CPU processes (gloo) under ``torch.distributed.run``: DDP training, rank-0-only
+"""Two CPU processes (gloo) under ``torch.distributed.run`` (~20 s): DDP training, rank-0-only
 writes, per-rank RNG states in the checkpoint, and a resume under the same world size."""
 
 from __future__ import annotations
@@ -8,12 +8,8 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
 from cmt_deeplab.engine.checkpoint import list_checkpoints, load_model_dir, load_training_state
-
-pytestmark = pytest.mark.slow  # two interpreter start-ups and a process group: ~40 s
 
 
 def _free_port() -> int:
