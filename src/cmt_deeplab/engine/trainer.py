@@ -210,11 +210,11 @@ class Trainer:
                     break
         finally:
             bar.close()
-        if self.step > start_step and (not run.save_every or self.step % run.save_every):
-            self.save_state()  # the final state, so that a longer run can resume from it
         if (run.eval_every and self.step % run.eval_every and self.val_dataset is not None
                 and self.step > start_step):
             self.evaluate()
+        if self.step > start_step and (not run.save_every or self.step % run.save_every):
+            self.save_state()  # the final state, so that a longer run can resume from it
         if self.dist.is_main:
             save_model_dir(self.out_dir, self.model, self.model_dir_config())
         self.dist.barrier()
