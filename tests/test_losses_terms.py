@@ -229,3 +229,33 @@ def test_mask_approximation_by_hand():
     loss.backward()
     assert ref_mu.grad[0, 0].abs().sum() == 0 and ref_mu.grad[0, 1].abs().sum() > 0
     assert ref_sigma.grad[0, 1].tolist() == pytest.approx([1.0, -1.0])
+
+
+@pytest.mark.parametrize("with_void", [False, True])
+def test_similarity_logsumexp_equals_reference(with_void: bool) -> None:
+    """The fused log-partition equals masked ``logsumexp(f f^T / tau)`` in value and gradient."""
+    from cmt_deeplab.losses.instance_discrimination import similarity_logsumexp
+
+    generator = torch.Generator().manual_seed(3)
+    valid = torch.rand(3, 40, generator=generator) > (0.3 if with_void else -1.0)
+    feature = F.normalize(torch.randn(3, 40, 8, generator=generator, dtype=torch.float64), dim=-1)
+    feature = feature * valid[..., None]
+    ours_input = feature.float().requires_grad_()
+    reference_input = feature.clone().requires_grad_()
+    ours = similarity_logsumexp(ours_input, 0.3, valid if with_void else None)
+    logits = reference_input @ reference_input.transpose(1, 2) / 0.3
+    reference = logits.masked_fill(~valid[:, None, :], float("-inf")).logsumexp(-1)
+    weight = torch.randn(3, 40, generator=generator, dtype=torch.float64)
+    (ours.double() * weight).sum().backward()
+    (reference * weight).sum().backward()
+    torch.testing.assert_close(ours.double(), reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours_input.grad.double(), reference_input.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_similarity_logsumexp_without_candidates_stays_finite() -> None:
+    from cmt_deeplab.losses.instance_discrimination import similarity_logsumexp
+
+    feature = torch.zeros(1, 4, 8, requires_grad=True)
+    value = similarity_logsumexp(feature, 0.3, torch.zeros(1, 4, dtype=torch.bool))
+    value.sum().backward()
+    assert torch.isfinite(value).all() and torch.isfinite(feature.grad).all()

@@ -67,18 +67,40 @@ class AxialAttention(nn.Module):
         self.output_bn = _bn(2 * value_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B', L, C] -> [B', L, V]``."""
+        batch, length, channels = x.shape
+        # The 1x1 projection is pointwise: run it as a 1x1 convolution over a [C, B', L] map.
+        grid = x.reshape(1, batch, length, channels).permute(0, 3, 1, 2)
+        qkv = self.project_map(grid)  # [1, 2K+V, B', L]
+        return self.attend(qkv[0].permute(1, 2, 0))
+
+    def project_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The q/k/v projection (with its BN) of a feature map: ``[B, C, H, W] -> [B, 2K+V, H, W]``.
+
+        Done on the map, before the axis is taken apart, it is one oneDNN 1x1 convolution
+        (channels-last), ~30% faster than the same GEMM as ``F.linear`` over tokens.
+        """
+        weight = self.qkv.weight[:, :, None, None]
+        if not self.training and self.qkv_bn.running_var is not None:
+            scale, shift = _bn_affine(self.qkv_bn)
+            return F.conv2d(x, weight * scale[:, None, None, None], shift)
+        qkv = F.conv2d(x, weight)
+        batch, channels, height, width = qkv.shape
+        return self.qkv_bn(qkv.reshape(batch, channels, height * width)).reshape(qkv.shape)
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The attention along the axis, on projected tokens: ``[B', L, 2K+V] -> [B', L, V]``."""
         if not self.training and self.similarity_bn.running_var is not None:
-            return self._forward_folded(x)
-        batch, length, _ = x.shape
+            return self._attend_folded(qkv)
+        batch, length, _ = qkv.shape
         heads = self.num_heads
         dk, dv = self.key_channels // heads, self.value_channels // heads
-        qkv = self.qkv_bn(self.qkv(x).reshape(batch * length, -1)).reshape(batch, length, -1)
         q, k, v = qkv.split([self.key_channels, self.key_channels, self.value_channels], dim=-1)
         q = q.reshape(batch, length, heads, dk).transpose(1, 2)  # [B', h, L, dk]
         k = k.reshape(batch, length, heads, dk).transpose(1, 2)
         v = v.reshape(batch, length, heads, dv).transpose(1, 2)  # [B', h, L, dv]
 
-        index = relative_index(length, x.device)
+        index = relative_index(length, qkv.device)
         rpe_q = self.query_rpe[index]  # [L(o), L(p), dk]
         rpe_k = self.key_rpe[index]
         rpe_v = self.value_rpe[index]  # [L(o), L(p), dv]
@@ -106,25 +128,23 @@ class AxialAttention(nn.Module):
         out = self.output_bn(out).reshape(batch, 2, heads, dv, length).sum(dim=1)
         return out.reshape(batch, self.value_channels, length).transpose(1, 2)  # [B', L, V]
 
-    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+    def _attend_folded(self, qkv: torch.Tensor) -> torch.Tensor:
         """Eval mode: every BN is an affine map, folded where it costs nothing.
 
-        The qkv BN goes into the projection; the per-(term, head) logit scales go into q and
-        k before the matmuls, and their shifts are dropped (constant over the keys, they
-        cancel in the softmax); the output BN becomes a scale per term and one shift. The
-        three logit terms are accumulated in place instead of stacked.
+        The qkv BN is folded into the projection (``project_map``); the per-(term, head) logit
+        scales go into q and k before the matmuls, and their shifts are dropped (constant over
+        the keys, they cancel in the softmax); the output BN becomes a scale per term and one
+        shift. The three logit terms are accumulated in place instead of stacked.
         """
-        batch, length, _ = x.shape
+        batch, length, _ = qkv.shape
         heads, key, value = self.num_heads, self.key_channels, self.value_channels
         dk, dv = key // heads, value // heads
-        scale, shift = _bn_affine(self.qkv_bn)
-        qkv = F.linear(x, self.qkv.weight * scale[:, None], shift)  # [B', L, 2K+V]
         q, k, v = qkv.split([key, key, value], dim=-1)
         q = q.reshape(batch, length, heads, dk)
         k = k.reshape(batch, length, heads, dk)
         v = v.reshape(batch, length, heads, dv).transpose(1, 2)  # [B', h, L, dv]
         term_scale = _bn_affine(self.similarity_bn)[0].reshape(3, heads, 1)
-        index = relative_index(length, x.device)
+        index = relative_index(length, qkv.device)
 
         logits = (q * term_scale[0]).transpose(1, 2) @ k.permute(0, 2, 3, 1)  # [B', h, L, L]
         q_by_pos = (q * term_scale[1]).transpose(0, 1).reshape(length, batch * heads, dk)
@@ -177,15 +197,22 @@ class AxialAttention2D(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        y = x.permute(0, 3, 2, 1).reshape(batch * width, height, channels)
-        y = self.height_axis(y).reshape(batch, width, height, self.value_channels)
+        batch = x.shape[0]
+        # Each axis projects its input as a 1x1 convolution on the 2-D map (see
+        # ``AxialAttention.project_map``), then attends over [B x other axis, axis, channels].
+        qkv = self.height_axis.project_map(x)  # [B, Q, H, W]
+        _, channels, height, width = qkv.shape
+        y = qkv.permute(0, 3, 2, 1).reshape(batch * width, height, channels)
+        y = self.height_axis.attend(y).reshape(batch, width, height, self.value_channels)
         if self.stride > 1:
             y = y[:, :, :: self.stride]
             height = y.shape[2]
-        y = y.transpose(1, 2).reshape(batch * height, width, self.value_channels)
-        y = self.width_axis(y).reshape(batch, height, width, self.value_channels)
+        # [B, W, H, V] read as a [B, V, W, H] map: channels-last memory, no copy.
+        qkv = self.width_axis.project_map(y.permute(0, 3, 1, 2))  # [B, Q, W, H]
+        channels = qkv.shape[1]
+        y = qkv.permute(0, 3, 2, 1).reshape(batch * height, width, channels)
+        y = self.width_axis.attend(y).reshape(batch, height, width, self.value_channels)
         if self.stride > 1:
             y = y[:, :, :: self.stride]
-        return y.permute(0, 3, 1, 2).contiguous()
-
+        # [B, H, W, V] memory is the channels-last layout the convolutions around want.
+        return y.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
