@@ -12,8 +12,7 @@ cheap and cannot create import cycles.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cmt_deeplab.utils.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "add_data_arguments": "arguments",
@@ -42,12 +41,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
