@@ -66,16 +66,13 @@ class _Geometry:
     @classmethod
     def create(
         cls,
-        pred_logits: torch.Tensor,
         pred_masks: torch.Tensor,
-        info: DatasetInfo,
         out_size: tuple[int, int],
         input_size: tuple[int, int] | None,
         valid_size: tuple[int, int] | None,
         thing_area_limit: float | None,
         stuff_area_limit: float | None,
     ) -> _Geometry:
-        _check_inputs(pred_logits, pred_masks, info)
         mask_h, mask_w = pred_masks.shape[-2:]
         # Crops are 32k+1 (641, 1025, ...), for which h = ceil(H / 4) means H = 4 (h - 1) + 1.
         input_size = _pair(input_size or (4 * (mask_h - 1) + 1, 4 * (mask_w - 1) + 1), "input")
@@ -138,11 +135,10 @@ def pixelwise_panoptic(
     Returns:
         ``PanopticResult`` at ``out_size``; its ``semantic`` comes from the threshold-free pass.
     """
-    geometry = _Geometry.create(
+    geometry, class_conf, class_pred = _prepare(
         pred_logits, pred_masks, info, out_size, input_size, valid_size,
         thing_area_limit, stuff_area_limit,
     )
-    class_conf, class_pred = _class_predictions(pred_logits)
     kept = torch.nonzero(class_conf >= class_threshold).squeeze(1)  # [Nk]
     has_kept = kept.numel() > 0
 
@@ -192,11 +188,10 @@ def maskwise_panoptic(
         class_weight, mask_weight: ranking score = conf^class_weight * mean_prob^mask_weight.
         thing_area_limit, stuff_area_limit: as ``pixelwise_panoptic``, applied after pasting.
     """
-    geometry = _Geometry.create(
+    geometry, class_conf, class_pred = _prepare(
         pred_logits, pred_masks, info, out_size, input_size, valid_size,
         thing_area_limit, stuff_area_limit,
     )
-    class_conf, class_pred = _class_predictions(pred_logits)
     is_thing = class_pred < info.num_thing_classes
     candidate = torch.where(is_thing, class_conf >= thing_threshold, class_conf >= stuff_threshold)
     candidates = torch.nonzero(candidate).squeeze(1)  # [Nc]: the only slots that can be pasted
@@ -239,6 +234,30 @@ def maskwise_panoptic(
 
 #: Post-processors by the name used in configs and on the command line.
 POST_PROCESSORS = {"pixelwise": pixelwise_panoptic, "maskwise": maskwise_panoptic}
+
+
+def _prepare(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    info: DatasetInfo,
+    out_size: tuple[int, int],
+    input_size: tuple[int, int] | None,
+    valid_size: tuple[int, int] | None,
+    thing_area_limit: float | None,
+    stuff_area_limit: float | None,
+) -> tuple[_Geometry, torch.Tensor, torch.Tensor]:
+    """Validates one image's arguments; returns its geometry and class predictions ``[N]``.
+
+    The common prologue of both post-processors: checks the prediction shapes against ``info``
+    and the sizes (``ValueError`` naming the offending value), then builds the interpolation
+    matrices and area limits and takes each slot's (confidence, contiguous class).
+    """
+    _check_inputs(pred_logits, pred_masks, info)
+    geometry = _Geometry.create(
+        pred_masks, out_size, input_size, valid_size, thing_area_limit, stuff_area_limit
+    )
+    class_conf, class_pred = _class_predictions(pred_logits)
+    return geometry, class_conf, class_pred
 
 
 def _class_predictions(pred_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
