@@ -215,6 +215,29 @@ def test_groups_average_only_classes_with_tp_fp_or_fn(tmp_path: Path) -> None:
     assert result["num_images"] == 1
 
 
+def test_rgba_and_palette_pngs_score_as_rgb(tmp_path: Path) -> None:
+    """The evaluator reads raw RGBX words and masks the ids on the runs: an alpha channel that
+    changes from pixel to pixel, or a palette PNG, must not change any number."""
+    from PIL import Image
+
+    paths = write_random_dataset(tmp_path / "data", num_images=3, height=24, width=20, seed=4,
+                                 scale=2)
+    expected = evaluate_panoptic(paths["gt_json"], paths["pred_json"], paths["gt_dir"],
+                                 paths["pred_dir"], num_workers=0)
+    rng = np.random.default_rng(0)
+    for png in sorted(Path(paths["pred_dir"]).glob("*.png")):
+        rgb = np.asarray(Image.open(png).convert("RGB"))
+        alpha = rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+        Image.fromarray(np.dstack([rgb, alpha])).save(png)  # RGBA, random alpha
+    for png in sorted(Path(paths["gt_dir"]).glob("*.png")):
+        Image.open(png).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE,
+                                                dither=Image.Dither.NONE).save(png)
+        assert Image.open(png).mode == "P"
+    result = evaluate_panoptic(paths["gt_json"], paths["pred_json"], paths["gt_dir"],
+                               paths["pred_dir"], num_workers=0)
+    assert result == expected
+
+
 def test_format_table_and_per_class_csv(tmp_path: Path) -> None:
     paths = write_random_dataset(tmp_path / "data", num_images=2, height=16, width=16, seed=3,
                                  scale=2)

@@ -148,8 +148,8 @@ def image_panoptic_stats(
             (default: crowd keeps its class, as the dataset's semantic targets do).
         image_name: names the image in error messages.
         id_mask: keep only these bits of each value as the id. The file evaluation passes
-            Pillow's raw RGBX pixels with ``0xFFFFFF`` so that no pass over the image is
-            spent dropping the padding byte.
+            ``read_panoptic_rgbx``'s raw RGBX words with ``0xFFFFFF``, so that no pass over
+            the image is spent dropping the fourth byte (it is masked on the runs).
     """
     if gt_ids.ndim != 2 or pred_ids.ndim != 2:
         raise ValueError(
