@@ -37,15 +37,9 @@ from cmt_deeplab.models.heads.prediction_head import PredictionHead
 from cmt_deeplab.models.layers.block_group import TransformerState
 from cmt_deeplab.models.layers.drop_path import DropPath
 from cmt_deeplab.models.layers.init import trunc_normal_
-from cmt_deeplab.models.layers.norm_act import (
-    BN_EPS,
-    BN_MOMENTUM,
-    ConvBN,
-    LinearBN,
-    get_activation,
-)
+from cmt_deeplab.models.layers.norm_act import BN_EPS, BN_MOMENTUM, ConvBN, LinearBN
 from cmt_deeplab.models.layers.resized_fuse import resize_bilinear
-from cmt_deeplab.models.transformer.attention import AttentionOperation, split_heads
+from cmt_deeplab.models.transformer.dual_path_base import DualPathBase
 
 _MIN_SIGMA = 1e-3
 
@@ -86,7 +80,7 @@ class ReferenceMaskHead(nn.Module):
         return mu, sigma
 
 
-class ClusteringMaskTransformerLayer(nn.Module):
+class ClusteringMaskTransformerLayer(DualPathBase):
     """``(P [B, C_p, H, W], C [B, N, M], state) -> (P', C')``; see the module docstring.
 
     Records in ``state``: ``prev_mask_logits`` (Z), one auxiliary prediction
@@ -118,13 +112,14 @@ class ClusteringMaskTransformerLayer(nn.Module):
         drop_path_keep_prob: float = 1.0,
         activation: str = "relu",
     ) -> None:
-        super().__init__()
-        bottleneck = int(round(filters * bottleneck_expansion))
-        self.key_channels = key = int(round(filters * key_expansion))
-        self.value_channels = value = int(round(filters * value_expansion))
-        if key % num_heads or value % num_heads:
-            raise ValueError("key and value channels must be divisible by the number of heads")
-        self.num_heads = num_heads
+        # Names match DualPathTransformerLayer where the computation is the same: MaX's
+        # memory path with memory keys/values (M2M) and no pixel queries (no P2M).
+        super().__init__(
+            pixel_channels, memory_channels, filters, num_heads, bottleneck_expansion,
+            key_expansion, value_expansion, ffn_channels, activation,
+            memory_kv=True, pixel_query=False,
+        )
+        bottleneck, value = self.bottleneck_channels, self.value_channels
         self.use_clustering_update = use_clustering_update
         self.use_pixel_update = use_pixel_update
         self.use_residual_assignment = use_residual_assignment
@@ -132,21 +127,6 @@ class ClusteringMaskTransformerLayer(nn.Module):
         self.use_coord_conv = use_coord_conv and use_pixel_update
         self.detach_assignment = detach_assignment
         self.normalize_cluster_mass = normalize_cluster_mass
-        self.act = get_activation(activation)
-        std = bottleneck**-0.5
-
-        # Names match DualPathTransformerLayer where the computation is the same.
-        self.memory_conv1 = LinearBN(memory_channels, bottleneck, activation)
-        self.pixel_conv1 = ConvBN(pixel_channels, bottleneck, 1, activation=activation)
-        self.memory_qkv = LinearBN(bottleneck, 2 * key + value, std=std)
-        self.pixel_qkv = ConvBN(bottleneck, key + value, 1)
-        trunc_normal_(self.pixel_qkv[0].weight, std)
-        self.memory_attention = AttentionOperation(num_heads, value, activation)
-        self.memory_conv3 = LinearBN(value, memory_channels, zero_init=True)
-        self.ffn = nn.Sequential(
-            LinearBN(memory_channels, ffn_channels, activation),
-            LinearBN(ffn_channels, memory_channels, zero_init=True),
-        )
         self.predictor = PredictionHead(
             num_classes, bottleneck, bottleneck, pixel_feature_dim, head_channels,
             activation=activation,
@@ -170,13 +150,11 @@ class ClusteringMaskTransformerLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         state = state if state is not None else TransformerState()
         batch, _, height, width = pixels.shape
-        heads, key, value = self.num_heads, self.key_channels, self.value_channels
-        center_space = self.memory_conv1(centers)  # c' [B, N, D]
-        pixel_space = self.pixel_conv1(self.act(pixels))  # p' [B, D, H, W]
-        center_q, center_k, center_v = self.memory_qkv(center_space).split([key, key, value], -1)
-        pixel_k, pixel_v = self.pixel_qkv(pixel_space).flatten(2).transpose(1, 2).split(
-            [key, value], -1
-        )  # [B, HW, K], [B, HW, V]
+        key, value = self.key_channels, self.value_channels
+        # c' [B, N, D], p' [B, D, H, W]
+        center_space, pixel_space, center_qkv, pixel_kv = self.project(pixels, centers)
+        center_q, center_k, center_v = center_qkv.split([key, key, value], -1)
+        pixel_k, pixel_v = pixel_kv.split([key, value], -1)  # [B, HW, K], [B, HW, V]
 
         # Feature affinity, reference mask and residual path -> the assignment logits Z.
         prediction = self.predictor(pixel_space, center_space, center_space)
@@ -195,11 +173,8 @@ class ClusteringMaskTransformerLayer(nn.Module):
             assignment = assignment.detach()
 
         # Cluster-centre update: the original cross-attention (M2P + M2M) ...
-        retrieved, weights = self.memory_attention(
-            split_heads(center_q, heads),
-            split_heads(torch.cat([pixel_k, center_k], 1), heads),
-            split_heads(torch.cat([pixel_v, center_v], 1), heads),
-            return_weights=state.return_maps,
+        retrieved, weights = self.attend_memory(
+            center_q, [pixel_k, center_k], [pixel_v, center_v], state.return_maps
         )
         update = self.drop_attention(self.memory_conv3(retrieved))
         # ... plus the clustering (k-means style) update from the soft assignment.

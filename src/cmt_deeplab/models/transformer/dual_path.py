@@ -15,15 +15,15 @@ D = 256, K = 128, V = 256, 8 heads, FFN 2048; 2,503,712 params at C_p = 2048.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from cmt_deeplab.models.layers.block_group import TransformerState
 from cmt_deeplab.models.layers.drop_path import DropPath
-from cmt_deeplab.models.layers.norm_act import ConvBN, LinearBN, get_activation
+from cmt_deeplab.models.layers.norm_act import ConvBN
 from cmt_deeplab.models.transformer.attention import AttentionOperation, split_heads
+from cmt_deeplab.models.transformer.dual_path_base import DualPathBase
 
 
-class DualPathTransformerLayer(nn.Module):
+class DualPathTransformerLayer(DualPathBase):
     def __init__(
         self,
         pixel_channels: int,
@@ -39,31 +39,15 @@ class DualPathTransformerLayer(nn.Module):
         drop_path_keep_prob: float = 1.0,
         activation: str = "relu",
     ) -> None:
-        super().__init__()
-        bottleneck = int(round(filters * bottleneck_expansion))
-        self.key_channels = int(round(filters * key_expansion))
-        self.value_channels = int(round(filters * value_expansion))
-        if self.key_channels % num_heads or self.value_channels % num_heads:
-            raise ValueError("key and value channels must be divisible by the number of heads")
-        self.num_heads = num_heads
+        # Memory keys/values serve M2M and P2M; pixel queries only P2M.
+        super().__init__(
+            pixel_channels, memory_channels, filters, num_heads, bottleneck_expansion,
+            key_expansion, value_expansion, ffn_channels, activation,
+            memory_kv=use_memory_self_attention or use_pixel2memory_attention,
+            pixel_query=use_pixel2memory_attention,
+        )
         self.use_memory_self_attention = use_memory_self_attention
         self.use_pixel2memory_attention = use_pixel2memory_attention
-        std = bottleneck**-0.5
-        kv = self.key_channels + self.value_channels
-        self.act = get_activation(activation)
-        self.memory_conv1 = LinearBN(memory_channels, bottleneck, activation)
-        self.pixel_conv1 = ConvBN(pixel_channels, bottleneck, 1, activation=activation)
-        memory_qkv = self.key_channels + (kv if (use_memory_self_attention or use_pixel2memory_attention) else 0)
-        self.memory_qkv = LinearBN(bottleneck, memory_qkv, std=std)
-        pixel_qkv = kv + (self.key_channels if use_pixel2memory_attention else 0)
-        self.pixel_qkv = ConvBN(bottleneck, pixel_qkv, 1)
-        nn.init.trunc_normal_(self.pixel_qkv[0].weight, std=std, a=-2 * std, b=2 * std)
-        self.memory_attention = AttentionOperation(num_heads, self.value_channels, activation)
-        self.memory_conv3 = LinearBN(self.value_channels, memory_channels, zero_init=True)
-        self.ffn = nn.Sequential(
-            LinearBN(memory_channels, ffn_channels, activation),
-            LinearBN(ffn_channels, memory_channels, zero_init=True),
-        )
         if use_pixel2memory_attention:
             self.pixel_attention = AttentionOperation(num_heads, self.value_channels, activation)
             self.pixel_conv3 = ConvBN(self.value_channels, pixel_channels, 1, zero_init=True)
@@ -76,14 +60,11 @@ class DualPathTransformerLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, _, height, width = pixels.shape
         heads, key, value = self.num_heads, self.key_channels, self.value_channels
-        memory_space = self.memory_conv1(memory)  # [B, N, D]
-        pixel_space = self.pixel_conv1(self.act(pixels))  # [B, D, H, W]
-        memory_qkv = self.memory_qkv(memory_space)
+        _, _, memory_qkv, pixel_qkv = self.project(pixels, memory)
         if self.use_memory_self_attention or self.use_pixel2memory_attention:
             memory_q, memory_k, memory_v = memory_qkv.split([key, key, value], dim=-1)
         else:
             memory_q, memory_k, memory_v = memory_qkv, None, None
-        pixel_qkv = self.pixel_qkv(pixel_space).flatten(2).transpose(1, 2)  # [B, HW, .]
         if self.use_pixel2memory_attention:
             pixel_q, pixel_k, pixel_v = pixel_qkv.split([key, key, value], dim=-1)
         else:
@@ -93,12 +74,7 @@ class DualPathTransformerLayer(nn.Module):
             keys.append(memory_k)
             values.append(memory_v)
         return_maps = state is not None and state.return_maps
-        retrieved, weights = self.memory_attention(
-            split_heads(memory_q, heads),
-            split_heads(torch.cat(keys, 1), heads),
-            split_heads(torch.cat(values, 1), heads),
-            return_weights=return_maps,
-        )
+        retrieved, weights = self.attend_memory(memory_q, keys, values, return_maps)
         if return_maps:
             hw = height * width
             attention = weights[..., :hw].mean(dim=1).reshape(batch, -1, height, width)
