@@ -223,3 +223,26 @@ def test_sync_batchnorm_conversion_keeps_numerics():
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
     assert all(m.eps == 1e-3 and m.momentum == 0.01 for m in norms)
+
+
+def test_aspp_centre_tap_shortcut_is_exact() -> None:
+    """On a map no larger than the rate, the ASPP's shortcut equals the full dilated conv."""
+    from cmt_deeplab.models.heads.semantic_head import ASPP
+
+    torch.manual_seed(0)
+    aspp = ASPP(8, 6, rates=(2, 6, 9)).eval()
+    x = torch.randn(2, 8, 6, 5, requires_grad=True)
+    fast = aspp(x)
+    fast.square().sum().backward()
+    fast_grads = [x.grad.clone()] + [p.grad.clone() for p in aspp.parameters()]
+    x.grad = None
+    aspp.zero_grad()
+    full = torch.cat([branch(x) for branch in aspp.branches], dim=1)  # full dilated convs
+    conv, bn, act = aspp.pool
+    pooled = act(bn(conv(x.mean(dim=(2, 3), keepdim=True)))).expand(-1, -1, 6, 5)
+    reference = aspp.project(torch.cat([full, pooled], dim=1))
+    torch.testing.assert_close(fast, reference, atol=1e-6, rtol=1e-6)
+    reference.square().sum().backward()
+    slow_grads = [x.grad] + [p.grad for p in aspp.parameters()]
+    for a, b in zip(fast_grads, slow_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -431,7 +431,23 @@ def load_training_state(
             optimizer.load_state_dict(optimizer_state)
         except (KeyError, ValueError, RuntimeError) as error:
             raise ValueError(f"optimizer state in {directory} does not fit: {error}") from None
+        _match_parameter_layouts(optimizer)
     return {"step": step, "state": state}
+
+
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Gives each per-parameter state tensor its parameter's memory layout.
+
+    States are stored contiguous; a channels-last parameter's moments must be channels-last
+    again, because the fused Adam kernels walk parameter and state memory in step and would
+    silently pair the wrong elements.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if (isinstance(value, torch.Tensor) and value.shape == param.shape
+                        and value.stride() != param.stride()):
+                    optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _remove_stale_temporaries(root: Path) -> None:

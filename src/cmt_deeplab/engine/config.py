@@ -133,6 +133,9 @@ class RunSection:
     grad_clip: float = 0.0
     accumulate: int = 1
     num_workers: int = 4
+    # Convolutions in NHWC memory: oneDNN's fast layout on CPU (a tiny-model step ~15% faster,
+    # its depthwise-conv backward ~3x), tensor cores' on CUDA. Numerics are layout-independent.
+    channels_last: bool = True
     # Stop early (saving a resumable state and the model) once this many seconds of training
     # have passed in this invocation; 0 = no limit. The demo trains within a time budget.
     time_limit_s: float = 0.0

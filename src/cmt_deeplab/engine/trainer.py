@@ -139,6 +139,9 @@ class Trainer:
                             num_thing_classes=num_things, num_slots=config.model.num_slots,
                             **config.model.overrides)
         self.model = model.to(self.device).train()
+        self.memory_format = (torch.channels_last if run.channels_last
+                              else torch.contiguous_format)
+        self.model.to(memory_format=self.memory_format)
         # Each rank gets its own stream for drop path; the model init above is shared.
         _seed_everything(run.seed + 1_000_003 * self.dist.rank)
         self.loss_generator = torch.Generator(device=self.device).manual_seed(
@@ -454,7 +457,8 @@ class Trainer:
         losses: dict[str, torch.Tensor] = {}
         for micro in range(run.accumulate):
             images, targets = next(batches) if batches is not None else self._next_batch()
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True,
+                                memory_format=self.memory_format)
             sync = micro == run.accumulate - 1 or not self.dist.enabled
             context = (self.train_model.no_sync() if not sync else contextlib.nullcontext())
             with context:
