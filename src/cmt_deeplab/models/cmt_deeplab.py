@@ -28,7 +28,7 @@ from torch import nn
 from cmt_deeplab.models.backbones.axial_resnet import AxialResNet
 from cmt_deeplab.models.heads.prediction_head import PredictionHead
 from cmt_deeplab.models.heads.semantic_head import SemanticHead
-from cmt_deeplab.models.layers.block_group import BlockConfig, BlockGroup, TransformerState
+from cmt_deeplab.models.layers.block_group import BlockGroup, BlockSettings, TransformerState
 from cmt_deeplab.models.layers.norm_act import LayerNorm2d, LinearBN, get_activation
 from cmt_deeplab.models.layers.resized_fuse import ResizedFuse, resize_bilinear
 from cmt_deeplab.models.meta_arch import SlotTable, check_images
@@ -60,8 +60,12 @@ _STAGE_AT_STRIDE = {2: "stage1", 4: "stage2", 8: "stage3", 16: "stage4", 32: "st
 
 
 @dataclass
-class CMTDeepLabConfig:
-    """Every number of a CMT-DeepLab variant (defaults: CMT-DeepLab-S, Axial-R50, COCO)."""
+class CMTDeepLabConfig(BlockSettings):
+    """Every number of a CMT-DeepLab variant (defaults: CMT-DeepLab-S, Axial-R50, COCO).
+
+    The residual-block settings (``backbone_type`` of the encoder, ``output_stride``, drop path,
+    activation, axial attention widths) come from ``BlockSettings``.
+    """
 
     num_classes: int = 133
     num_thing_classes: int = 80
@@ -69,11 +73,9 @@ class CMTDeepLabConfig:
     max_num_slots: int = 128
     # Pixel encoder.
     backbone_num_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
-    backbone_type: str = "resnet_beta"
     backbone_use_axial_beyond_stride: int = 16
     width_multiplier: float = 1.0
     stem_width_multiplier: float = 1.0
-    output_stride: int = 16
     # Pixel decoder.
     decoder: tuple[DecoderStage, ...] = DEFAULT_DECODER
     decoder_use_axial_beyond_stride: int = 16
@@ -93,16 +95,10 @@ class CMTDeepLabConfig:
     use_coord_conv: bool = True
     detach_assignment: bool = False
     normalize_cluster_mass: bool = False
-    # Attention widths in axial blocks.
-    attention_bottleneck_expansion: int = 2
-    key_expansion: float = 1.0
-    value_expansion: float = 2.0
+    # Heads of the axial blocks (``num_heads`` is the CMT layers').
     axial_num_heads: int = 8
     # Regularisation and the rest.
-    drop_path_keep_prob: float = 0.8
-    drop_path_beyond_stride: int = 16
-    drop_path_schedule: str = "constant"
-    activation: str = "relu"
+    drop_path_keep_prob: float = 0.8  # BlockSettings' default is 1.0
     use_semantic_head: bool = True
     semantic_channels: int = 256
     semantic_projections: tuple[int, int] = (64, 32)
@@ -115,23 +111,14 @@ class CMTDeepLab(nn.Module):
         super().__init__()
         self.config = c = config
         self.act = get_activation(c.activation)
-        common = {
-            "output_stride": c.output_stride, "drop_path_keep_prob": c.drop_path_keep_prob,
-            "drop_path_beyond_stride": c.drop_path_beyond_stride,
-            "drop_path_schedule": c.drop_path_schedule, "activation": c.activation,
-            "attention_bottleneck_expansion": c.attention_bottleneck_expansion,
-            "key_expansion": c.key_expansion, "value_expansion": c.value_expansion,
-            "num_heads": c.axial_num_heads,
-        }
         self.backbone = AxialResNet(
             c.backbone_num_blocks,
-            BlockConfig(backbone_type=c.backbone_type,
-                        use_axial_beyond_stride=c.backbone_use_axial_beyond_stride, **common),
+            c.block_config(c.backbone_use_axial_beyond_stride, c.axial_num_heads),
             c.width_multiplier, c.stem_width_multiplier,
         )
-        decoder_blocks = BlockConfig(
-            backbone_type="resnet_beta", use_axial_beyond_stride=c.decoder_use_axial_beyond_stride,
-            **common,
+        # The decoder's blocks are ResNet-beta / axial whatever the encoder's type.
+        decoder_blocks = c.block_config(
+            c.decoder_use_axial_beyond_stride, c.axial_num_heads, backbone_type="resnet_beta"
         )
         channels = self.backbone.stage_channels
         skip_names = ["stage5"] + [_STAGE_AT_STRIDE[s.stride] for s in c.decoder if s.fuse_channels]

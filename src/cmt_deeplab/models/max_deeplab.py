@@ -19,7 +19,7 @@ from torch import nn
 from cmt_deeplab.models.backbones.axial_resnet import AxialResNet
 from cmt_deeplab.models.heads.prediction_head import PredictionHead
 from cmt_deeplab.models.heads.semantic_head import SemanticHead
-from cmt_deeplab.models.layers.block_group import BlockConfig, BlockGroup, TransformerState
+from cmt_deeplab.models.layers.block_group import BlockGroup, BlockSettings, TransformerState
 from cmt_deeplab.models.layers.norm_act import LinearBN, get_activation
 from cmt_deeplab.models.layers.resized_fuse import ResizedFuse
 from cmt_deeplab.models.meta_arch import SlotTable, check_images
@@ -27,18 +27,21 @@ from cmt_deeplab.models.transformer.dual_path import DualPathTransformerLayer
 
 
 @dataclass
-class MaXDeepLabConfig:
-    """Every number of a MaX-DeepLab variant (defaults: MaX-DeepLab-S, COCO)."""
+class MaXDeepLabConfig(BlockSettings):
+    """Every number of a MaX-DeepLab variant (defaults: MaX-DeepLab-S, COCO).
+
+    The residual-block settings (``backbone_type``, ``output_stride``, drop path, activation,
+    axial attention widths) come from ``BlockSettings``; ``num_heads`` serves both the axial
+    blocks and the dual-path transformers.
+    """
 
     num_classes: int = 133
     num_thing_classes: int = 80
     num_slots: int = 128
     max_num_slots: int = 128
     num_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
-    backbone_type: str = "resnet_beta"
     width_multiplier: float = 1.0
     stem_width_multiplier: float = 1.0
-    output_stride: int = 16
     use_axial_beyond_stride: int = 16
     backbone_transformer_beyond_stride: int = 32
     extra_decoder_transformer_beyond_stride: int = 32
@@ -50,15 +53,9 @@ class MaXDeepLabConfig:
     base_transformer_expansion: float = 1.0
     global_ffn_channels: int = 256
     high_resolution_output_stride: int = 4
-    attention_bottleneck_expansion: int = 2
-    key_expansion: float = 1.0
-    value_expansion: float = 2.0
     num_heads: int = 8
     transformer_ffn_channels: int = 2048
-    drop_path_keep_prob: float = 0.8
-    drop_path_beyond_stride: int = 16
-    drop_path_schedule: str = "constant"
-    activation: str = "relu"
+    drop_path_keep_prob: float = 0.8  # BlockSettings' default is 1.0
     pixel_feature_dim: int = 128
     use_semantic_head: bool = True
     semantic_channels: int = 256
@@ -80,16 +77,7 @@ class MaXDeepLab(nn.Module):
         if c.extra_decoder_blocks_per_stage <= 0:
             raise ValueError("extra_decoder_blocks_per_stage must be > 0")
         self.act = get_activation(c.activation)
-        blocks = BlockConfig(
-            backbone_type=c.backbone_type, output_stride=c.output_stride,
-            use_axial_beyond_stride=c.use_axial_beyond_stride,
-            drop_path_keep_prob=c.drop_path_keep_prob,
-            drop_path_beyond_stride=c.drop_path_beyond_stride,
-            drop_path_schedule=c.drop_path_schedule, activation=c.activation,
-            attention_bottleneck_expansion=c.attention_bottleneck_expansion,
-            key_expansion=c.key_expansion, value_expansion=c.value_expansion,
-            num_heads=c.num_heads,
-        )
+        blocks = c.block_config(c.use_axial_beyond_stride, c.num_heads)
         transformer = partial(self._make_transformer, c)
         self.memory = SlotTable(c.num_slots, c.memory_channels, c.max_num_slots)
         self.backbone = AxialResNet(

@@ -11,7 +11,7 @@ follows the block (beyond ``transformer_beyond_stride``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -25,12 +25,15 @@ TransformerFactory = Callable[[int, float, float], nn.Module]
 
 
 @dataclass
-class BlockConfig:
-    """Settings shared by every block group of a network."""
+class BlockSettings:
+    """Block settings that ``BlockConfig`` and the model configs share, under the same names.
+
+    The model configs (``CMTDeepLabConfig``, ``MaXDeepLabConfig``) derive from it, so these are
+    also keyword arguments of ``build_model``; ``block_config`` turns them into a ``BlockConfig``.
+    """
 
     backbone_type: str = "resnet_beta"
     output_stride: int = 16
-    use_axial_beyond_stride: int = 16
     drop_path_keep_prob: float = 1.0
     drop_path_beyond_stride: int = 16
     drop_path_schedule: str = "constant"
@@ -38,6 +41,28 @@ class BlockConfig:
     attention_bottleneck_expansion: int = 2
     key_expansion: float = 1.0
     value_expansion: float = 2.0
+
+    def block_config(
+        self, use_axial_beyond_stride: int, num_heads: int, **changes: Any
+    ) -> BlockConfig:
+        """A ``BlockConfig`` with these settings; ``changes`` replace some of them.
+
+        The two settings a model config may name otherwise (CMT-DeepLab has one per encoder and
+        decoder, and separate head counts for axial and CMT attention) are passed explicitly.
+        """
+        settings = {f.name: getattr(self, f.name) for f in fields(BlockSettings)}
+        return BlockConfig(
+            **{**settings, **changes},
+            use_axial_beyond_stride=use_axial_beyond_stride,
+            num_heads=num_heads,
+        )
+
+
+@dataclass
+class BlockConfig(BlockSettings):
+    """Settings shared by every block group of a network."""
+
+    use_axial_beyond_stride: int = 16
     num_heads: int = 8
 
 
