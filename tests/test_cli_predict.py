@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _fakes import INFO, ColourModel, scene
 from cmt_deeplab.cli import main as cli_main
 from cmt_deeplab.cli import predict
 from cmt_deeplab.data.metadata import DatasetInfo
 from cmt_deeplab.data.panoptic_png import read_panoptic_png
 from cmt_deeplab.inference.predictor import Predictor
 from cmt_deeplab.utils.io import atomic_write_json
-from test_predictor import INFO, ColourModel, scene
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_panoptic_sample"
 SEGMENT_KEYS = {"id", "category_id", "iscrowd", "bbox", "area", "score"}
