@@ -10,8 +10,8 @@ prints PQ mean +- std per variant:
 Each variant x seed is one full training run (about as long as ``train_cpu.py``); results
 are kept in ``WORK/results.json`` and reused, so an interrupted ablation resumes. ``--jobs 2``
 trains two runs at a time, one thread each: on 2 cores that is ~1.6x the throughput of one
-2-thread run (a tiny-model step does not scale across threads). Runs go seed by seed, the
-full layer first, so a cut-short ablation still has complete seeds.
+2-thread run (a tiny-model step does not scale across threads). The full layer's seeds run
+first, then the other variants seed by seed, so a cut-short ablation is still usable.
 """
 
 from __future__ import annotations
@@ -102,7 +102,10 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     tag = (f"steps={args.steps}, {preset['train_images']} images" if args.steps
            else "full budget")
-    pending = [(f"{name} | seed {seed} | {tag}", name, seed) for seed in seeds for name in names]
+    # The first variant's seeds first (its mean and spread), then the others seed by seed.
+    order = [(names[0], seed) for seed in seeds] + [(name, seed) for seed in seeds
+                                                     for name in names[1:]]
+    pending = [(f"{name} | seed {seed} | {tag}", name, seed) for name, seed in order]
     pending = [job for job in pending if job[0] not in results]
     if args.jobs <= 1:
         for key, name, seed in pending:
