@@ -10,6 +10,11 @@ the PQ and the wall time.
     .venv/bin/python benchmarks/train_cpu.py --work /tmp/bench_tiny --steps 50   # smoke run
 
 Extra ``--set key=value`` arguments reach the config, as with ``cmt-deeplab train``.
+
+``--speed`` instead times training steps (images/s of the tiny preset; CMT-DeepLab-S against
+HF Mask2Former-R50 per MAC at 512x512), see ``_train_speed.py``:
+
+    .venv/bin/python benchmarks/train_cpu.py --speed [--threads 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -49,7 +54,12 @@ def _data(root: Path, split: str, count: int, size: int, seed: int, workers: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--work", type=Path, required=True,
+    parser.add_argument("--speed", action="store_true",
+                        help="time training steps instead (no --work needed)")
+    parser.add_argument("--threads", type=int, default=2, help="--speed: torch threads")
+    parser.add_argument("--rounds", type=int, default=3, help="--speed: timed rounds")
+    parser.add_argument("--no-peers", action="store_true", help="--speed: skip Mask2Former")
+    parser.add_argument("--work", type=Path,
                         help="folder for the data (kept) and the run (replaced)")
     parser.add_argument("--steps", type=int, help="override the preset's steps")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
@@ -58,6 +68,13 @@ def main() -> None:
                         metavar="KEY=VALUE")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
+    if args.speed:
+        from _train_speed import run
+
+        run(args.threads, args.rounds, (4, 8), 512, not args.no_peers)
+        return
+    if args.work is None:
+        parser.error("--work is required (or --speed)")
 
     preset = PRESETS[args.preset]
     data_root = args.work / "data"

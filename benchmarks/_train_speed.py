@@ -1,0 +1,115 @@
+"""Training-step throughput on CPU (``train_cpu.py --speed``): ours against HF Mask2Former-R50.
+
+One step = forward, every loss term with Hungarian matching, backward and the optimizer, as
+``Trainer`` runs it. MACs of a step are counted with FlopCounterMode (forward + backward, FLOPs
+/ 2) for every model alike; the models are timed in alternating rounds so that load changes
+hit all of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import hf_models
+import torch
+from _common import count_forward_macs, report_load
+
+from cmt_deeplab.data.synthetic import generate_synthetic_dataset
+from cmt_deeplab.engine.config import load_train_config
+from cmt_deeplab.engine.data import random_batch
+from cmt_deeplab.engine.trainer import Trainer
+
+
+def _trainer_step(config_name: str, values: dict, data_root: Path | None,
+                  crop: tuple[int, int], batch: int) -> tuple[Callable[[], None], int]:
+    """A closure running one ``Trainer`` step on pre-loaded batches, and its images per step."""
+    values = {**values, "run.batch_size": batch, "run.num_workers": 0, "run.eval_every": 0,
+              "data.val_split": None,
+              "input.crop": list(crop)}
+    if data_root is not None:
+        values["data.root"] = str(data_root)
+    else:  # random batches with the config's class counts, like ``train --dry-run``
+        values["data.train_split"] = None
+    trainer = Trainer(load_train_config(config_name, values=values), None, progress=False)
+    if trainer.train_dataset is not None:
+        trainer._build_loader()
+        batches = [trainer._next_batch() for _ in range(4)]
+    else:
+        num_things = trainer.model.build_kwargs["num_thing_classes"]
+        batches = [random_batch(batch, crop, trainer.criterion.num_classes, num_things, seed=i)
+                   for i in range(2)]
+    cycle = itertools.cycle(batches)
+    return (lambda: trainer._train_step(cycle)), batch
+
+
+def _mask2former_step(size: int, batch: int) -> tuple[Callable[[], None], int]:
+    model = hf_models.mask2former_r50().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    _, targets = random_batch(batch, (size, size), 133, 80, seed=0)
+    images = torch.randn(batch, 3, size, size)
+    masks = [t["masks"].float() for t in targets]
+    labels = [t["labels"] for t in targets]
+
+    def step() -> None:
+        loss = model(pixel_values=images, mask_labels=masks, class_labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, batch
+
+
+def run(threads: int, rounds: int, tiny_batches: tuple[int, ...], large_size: int,
+        peers: bool) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    print(report_load())
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        generate_synthetic_dataset(root, "train", num_images=64, size=96, seed=0, workers=1)
+        steps: dict[str, tuple[Callable[[], None], int]] = {}
+        for batch in tiny_batches:
+            steps[f"cmt-deeplab-tiny 97x97 batch {batch}"] = _trainer_step(
+                "synthetic_cmt_deeplab_tiny", {}, root, (97, 97), batch)
+        large = (large_size, large_size)
+        steps[f"cmt-deeplab-s {large_size}x{large_size} batch 1"] = _trainer_step(
+            "coco_cmt_deeplab_s", {"run.device": "cpu", "run.amp": "none"}, None, large, 1)
+        if peers and hf_models.available():
+            steps[f"mask2former-r50 {large_size}x{large_size} batch 1"] = _mask2former_step(
+                large_size, 1)
+        elif peers:
+            print("transformers is not installed: pip install -c constraints.txt -e '.[bench]' "
+                  "for the Mask2Former peer")
+        macs = {}
+        for name, (step, _) in steps.items():
+            step()  # warm-up (and optimizer state allocation)
+            macs[name] = count_forward_macs(step)
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(rounds):
+            for name, (step, _) in steps.items():
+                repeats = 5 if "tiny" in name else 1
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    step()
+                times[name].append((time.perf_counter() - start) / repeats)
+    print(f"\n{'training step':38} {'s/step':>8} {'img/s':>7} {'GMACs':>8} {'GMAC/s':>7}")
+    speed = {}
+    for name, (_, batch) in steps.items():
+        seconds = statistics.median(times[name])
+        speed[name] = macs[name] / 1e9 / seconds
+        print(f"{name:38} {seconds:8.3f} {batch / seconds:7.1f} {macs[name] / 1e9:8.1f} "
+              f"{speed[name]:7.1f}")
+    for name in steps:
+        if name.startswith("cmt-deeplab-tiny"):
+            print(f"{name}: {steps[name][1] / statistics.median(times[name]):.1f} img/s "
+                  f"(target >= 40 on 2 cores)")
+    ours = next(n for n in steps if n.startswith("cmt-deeplab-s"))
+    peer = next((n for n in steps if n.startswith("mask2former")), None)
+    if peer is not None:
+        print(f"CMT-DeepLab-S / Mask2Former-R50 training GMAC/s: {speed[ours] / speed[peer]:.2f}")
+    print(report_load())
