@@ -11,7 +11,9 @@ fraction of the GEMM roof and the ratio CMT-S / MaskFormer-SwinB (target >= 1).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -19,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hf_models  # noqa: E402
-from _common import count_forward_macs, gemm_peak_gmacs, median_seconds, report_load  # noqa: E402
+from _common import count_forward_macs, gemm_peak_gmacs, report_load  # noqa: E402
 
 import cmt_deeplab  # noqa: E402
 from cmt_deeplab.inference.fast import optimize_for_inference  # noqa: E402
@@ -40,24 +42,33 @@ def main() -> None:
     peak = gemm_peak_gmacs()
     print(f"fp32 GEMM roof ({args.threads} threads): {peak:.1f} GMAC/s")
     images = torch.randn(1, 3, args.size, args.size)
-    rows = []
+    # Every model is built first, then timed in alternating rounds: a load change on this
+    # shared machine then hits all of them alike instead of one.
+    calls: dict[str, object] = {}
+    macs: dict[str, int] = {}
     for name in args.models.split(","):
-        macs = count_macs(lambda name=name: cmt_deeplab.build_model(name), args.size, args.size)
+        macs[name] = count_macs(lambda name=name: cmt_deeplab.build_model(name), args.size,
+                                args.size)
         model = optimize_for_inference(cmt_deeplab.build_model(name).eval())
-        with torch.inference_mode():
-            seconds = median_seconds(lambda model=model: model(images), args.repeats)
-        rows.append((name, seconds, macs))
-        del model
+        calls[name] = lambda model=model: model(images)
     if not args.no_peers and hf_models.available():
         for name, build in hf_models.PEERS.items():
             model = build().eval()
+            calls[name] = lambda model=model: model(pixel_values=images)
             with torch.inference_mode():
-                macs = count_forward_macs(lambda model=model: model(pixel_values=images))
-                seconds = median_seconds(lambda model=model: model(pixel_values=images), args.repeats)
-            rows.append((name, seconds, macs))
-            del model
+                macs[name] = count_forward_macs(calls[name])
     elif not args.no_peers:
         print("transformers is not installed: pip install -c constraints.txt -e '.[bench]' for the peers")
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    with torch.inference_mode():
+        for call in calls.values():
+            call()  # warm-up
+        for _ in range(args.repeats):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+    rows = [(name, statistics.median(times[name]), macs[name]) for name in calls]
     print(f"\n{'model':20} {'seconds':>8} {'GMACs':>8} {'GMAC/s':>8} {'of roof':>8}")
     speed = {}
     for name, seconds, macs in rows:
