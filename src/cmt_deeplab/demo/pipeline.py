@@ -18,6 +18,7 @@ import io
 import json
 import os
 import platform
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,29 +78,72 @@ def prepare_data(root: Path, settings: DemoSettings, seed: int) -> None:
                                    workers=min(2, os.cpu_count() or 1))
 
 
-def train(root: Path, run_dir: Path, settings: DemoSettings, seed: int, progress: bool) -> dict:
+def _train_config(root: Path, settings: DemoSettings, seed: int, steps: int):
     from cmt_deeplab.engine.config import load_train_config
+
+    crop = settings.image_size + 1  # 32k + 1 keeps every stride corner-aligned
+    return load_train_config("synthetic_cmt_deeplab_tiny", values={
+        "data.root": str(root), "input.crop": [crop, crop], "input.eval_size": [crop, crop],
+        "run.steps": steps, "run.batch_size": settings.batch_size, "run.seed": seed,
+        "run.eval_every": settings.eval_every, "run.save_every": max(settings.eval_every // 2, 10),
+        "run.log_every": settings.log_every,
+        "run.time_limit_s": settings.time_limit_s, "run.device": "cpu", "run.num_workers": 1,
+        "schedule.warmup_steps": min(100, steps // 10),
+    })
+
+
+#: Share of the time limit planned for training steps; the rest covers the periodic
+#: evaluations, checkpoints and a machine slower than the calibration said.
+_PLANNED_SHARE = 0.85
+
+
+def plan_steps(root: Path, run_dir: Path, settings: DemoSettings, seed: int) -> int:
+    """Steps that fit the time limit on this machine, at most ``settings.steps``.
+
+    A run cut off by the limit would stop with its learning rate still high; timing a few
+    steps first and shortening the schedule instead gives a complete (poly-decayed) run.
+    The plan is stored, so a resumed demo keeps it.
+    """
+    from cmt_deeplab.engine.trainer import Trainer
+
+    path = run_dir / "demo_plan.json"
+    if path.exists():
+        return int(json.loads(path.read_text())["steps"])
+    trainer = Trainer(_train_config(root, settings, seed, settings.steps), None, progress=False)
+    trainer._build_loader()
+    calibration_steps = min(30, max(6, settings.steps // 3))
+    times = []
+    for _ in range(calibration_steps):
+        start = time.perf_counter()
+        trainer._train_step()
+        times.append(time.perf_counter() - start)
+    del trainer
+    per_step = statistics.median(times[calibration_steps // 3:])  # after the warm-up steps
+    steps = min(settings.steps, max(1, int(_PLANNED_SHARE * settings.time_limit_s / per_step)))
+    _log(f"train: {per_step:.3f} s/step here; planning {steps} of {settings.steps} steps "
+         f"to fit {settings.time_limit_s / 60:.0f} min")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"steps": steps, "seconds_per_step": per_step,
+                             "budget_steps": settings.steps}, indent=2)
+    return steps
+
+
+def train(root: Path, run_dir: Path, settings: DemoSettings, seed: int, progress: bool) -> dict:
     from cmt_deeplab.engine.trainer import Trainer
 
     summary_path = run_dir / "demo_train.json"
     if summary_path.exists() and (run_dir / "model.safetensors").exists():
         _log(f"train: done before ({run_dir})")
         return json.loads(summary_path.read_text())
-    crop = settings.image_size + 1  # 32k + 1 keeps every stride corner-aligned
-    config = load_train_config("synthetic_cmt_deeplab_tiny", values={
-        "data.root": str(root), "input.crop": [crop, crop], "input.eval_size": [crop, crop],
-        "run.steps": settings.steps, "run.batch_size": settings.batch_size, "run.seed": seed,
-        "run.eval_every": settings.eval_every, "run.save_every": max(settings.eval_every // 2, 10),
-        "run.log_every": settings.log_every,
-        "run.time_limit_s": settings.time_limit_s, "run.device": "cpu", "run.num_workers": 1,
-        "schedule.warmup_steps": min(100, settings.steps // 10),
-    })
-    _log(f"train: cmt-deeplab-tiny, {settings.steps} steps x {settings.batch_size} images, "
+    steps = plan_steps(root, run_dir, settings, seed)
+    config = _train_config(root, settings, seed, steps)
+    _log(f"train: cmt-deeplab-tiny, {steps} steps x {settings.batch_size} images, "
          f"at most {settings.time_limit_s / 60:.0f} min (Ctrl-C stops; rerun resumes)")
     trainer = Trainer(config, run_dir, resume=True, progress=progress)
     summary = trainer.train()
     summary = {key: summary[key] for key in ("steps", "seconds", "seconds_per_step", "pq")}
-    summary["planned_steps"] = settings.steps
+    summary["planned_steps"] = steps
+    summary["budget_steps"] = settings.steps
     atomic_write_json(summary_path, summary, indent=2)
     return summary
 

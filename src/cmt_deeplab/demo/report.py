@@ -46,9 +46,14 @@ def _metrics_section(metrics: dict[str, Any], training: dict[str, Any], quick: b
     rows = [(group, _pct(metrics[group]["pq"]), _pct(metrics[group]["sq"]),
              _pct(metrics[group]["rq"]), metrics[group]["n"]) for group in ("All", "Things", "Stuff")]
     steps = training.get("steps")
+    budget = training.get("budget_steps")
+    planned = ("" if budget in (None, steps) else
+               f" of the recipe's {budget} (the schedule was shortened to fit the time limit "
+               "on this machine)")
     return (f"<h2>Panoptic quality on {metrics['num_images']} held-out images</h2>"
             f"<p>PQ <b>{pq:.1f}</b>{target}; mIoU {_pct(metrics['miou'])}. "
-            f"cmt-deeplab-tiny trained {steps} steps ({training.get('seconds', 0) / 60:.1f} min, "
+            f"cmt-deeplab-tiny trained {steps} steps{planned} "
+            f"({training.get('seconds', 0) / 60:.1f} min, "
             f"{training.get('seconds_per_step', 0):.2f} s/step).</p>"
             + table(["", "PQ", "SQ", "RQ", "classes"], rows))
 
