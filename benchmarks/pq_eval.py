@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cmt_deeplab.data import panoptic_png
 from cmt_deeplab.evaluation import pq_compute
 from cmt_deeplab.evaluation.synthetic import write_random_dataset
 
@@ -54,6 +55,14 @@ def _cpu_seconds_per_image(paths: dict[str, Path]) -> tuple[float, float]:
     return reference, (time.process_time() - start) / len(pairs)
 
 
+def _png_reader() -> str:
+    """Which decoder ``read_panoptic_rgbx`` uses for 8-bit PNGs, with its version."""
+    pyspng = panoptic_png._pyspng
+    if pyspng is None:
+        return "Pillow (pyspng is not installed)"
+    return f"libspng {pyspng.lib.c.spng_version_string()} (pyspng {pyspng.__version__})"
+
+
 def _max_difference(ours: dict, reference: dict) -> float:
     difference = 0.0
     for group in ("All", "Things", "Stuff"):
@@ -79,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} "
           f"on {multiprocessing.cpu_count()} CPUs (cityscapesscripts uses one process each)")
+    print(f"our PNG reader: {_png_reader()}; cityscapesscripts reads with Pillow")
     with tempfile.TemporaryDirectory(prefix="pq_eval_") as folder:
         start = time.perf_counter()
         paths = write_random_dataset(folder, args.num_images, args.height, args.width,
