@@ -6,6 +6,7 @@ folder, times ``evaluatePanoptic`` (which uses one process per CPU) and
 results are equal and prints both times and their ratio.
 
     .venv/bin/python benchmarks/pq_eval.py [--num-images 500] [--workers 2] [--repeats 3]
+        [--pillow-reader]
 """
 
 from __future__ import annotations
@@ -55,11 +56,11 @@ def _cpu_seconds_per_image(paths: dict[str, Path]) -> tuple[float, float]:
     return reference, (time.process_time() - start) / len(pairs)
 
 
-def _png_reader() -> str:
+def _png_reader(pillow_reader: bool) -> str:
     """Which decoder ``read_panoptic_rgbx`` uses for 8-bit PNGs, with its version."""
     pyspng = panoptic_png._pyspng
     if pyspng is None:
-        return "Pillow (pyspng is not installed)"
+        return "Pillow (--pillow-reader)" if pillow_reader else "Pillow (pyspng is not installed)"
     return f"libspng {pyspng.lib.c.spng_version_string()} (pyspng {pyspng.__version__})"
 
 
@@ -84,11 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pillow-reader", action="store_true",
+                        help="read our PNGs with Pillow, as without pyspng (needs the fork start "
+                             "method, so that the workers inherit the switch)")
     args = parser.parse_args(argv)
+    if args.pillow_reader:
+        if multiprocessing.get_start_method() != "fork":
+            parser.error("--pillow-reader needs the 'fork' multiprocessing start method")
+        panoptic_png._pyspng = None
 
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} "
           f"on {multiprocessing.cpu_count()} CPUs (cityscapesscripts uses one process each)")
-    print(f"our PNG reader: {_png_reader()}; cityscapesscripts reads with Pillow")
+    print(f"our PNG reader: {_png_reader(args.pillow_reader)}; cityscapesscripts reads with Pillow")
     with tempfile.TemporaryDirectory(prefix="pq_eval_") as folder:
         start = time.perf_counter()
         paths = write_random_dataset(folder, args.num_images, args.height, args.width,
