@@ -43,12 +43,8 @@ def test_quick_demo_writes_every_part(demo_dir):
     costs = {row["model"]: row for row in json.loads((demo_dir / "cost.json").read_text())}
     assert costs["cmt-deeplab-s"]["params_paper"] == 94_818_500
     assert costs["cmt-deeplab-tiny"]["fps"] > 0
-    run_dirs = [p.parent for p in demo_dir.rglob("demo_plan.json")]
-    assert len(run_dirs) == 1, "the training plan (calibrated steps) is stored for a resume"
-    plan = json.loads((run_dirs[0] / "demo_plan.json").read_text())
-    trained = json.loads((run_dirs[0] / "demo_train.json").read_text())
-    assert 1 <= plan["steps"] <= plan["budget_steps"] == 30 and plan["seconds_per_step"] > 0
-    assert trained["planned_steps"] == plan["steps"] >= trained["steps"]
+    trained = json.loads(next(demo_dir.rglob("demo_train.json")).read_text())
+    assert 1 <= trained["steps"] <= trained["planned_steps"] <= trained["budget_steps"] == 30
 
 
 def test_demo_resumes_without_redoing_work(demo_dir, capsys):

@@ -139,6 +139,11 @@ class RunSection:
     # Stop early (saving a resumable state and the model) once this many seconds of training
     # have passed in this invocation; 0 = no limit. The demo trains within a time budget.
     time_limit_s: float = 0.0
+    # With a time limit: shorten ``steps`` as the run goes (from its measured speed) so that the
+    # poly schedule ends when the time does, instead of a run cut off at a high learning rate.
+    # ``steps`` stays the upper bound. For time-budgeted runs (the demo); not reproducible
+    # across machines, so off by default.
+    fit_time_limit: bool = False
 
 
 @dataclass

@@ -67,6 +67,11 @@ _BOOKKEEPING_KEYS = {"run.num_workers", "run.log_every", "run.save_every", "run.
                      "run.eval_every", "run.time_limit_s", "data.skip_bad",
                      "data.val_split", "data.val_images", "data.val_annotations",
                      "data.val_panoptic_dir", "input.eval_size"}
+#: Steps between re-plans of ``run.fit_time_limit``, and the share of the time limit planned
+#: (the rest absorbs the final evaluation and save, and speed changes after the last plan).
+_REPLAN_EVERY = 50
+_FIT_SHARE = 0.95
+
 #: COCO's class counts: the model of a ``--dry-run`` without data.
 _DEFAULT_CLASSES = (133, 80)
 
@@ -185,23 +190,28 @@ class Trainer:
             atomic_write_text(self.out_dir / "train_config.yaml",
                               yaml.safe_dump(to_plain(self.config.to_dict()), sort_keys=False))
         self._build_loader()
+        self.total_steps = run.steps  # shortened by run.fit_time_limit as the run goes
         bar = tqdm(total=run.steps, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=not (self.progress and self.dist.is_main))
         start_step, start_time = self.step, time.perf_counter()
         last: dict[str, float] = {}
         try:
-            while self.step < run.steps:
+            while self.step < self.total_steps:
                 losses, grad_norm = self._train_step()
                 self.step += 1
                 bar.update(1)
-                if run.log_every and (self.step % run.log_every == 0 or self.step == run.steps):
+                if run.fit_time_limit and run.time_limit_s and self.step % _REPLAN_EVERY == 0:
+                    self._fit_time_limit(start_step, start_time)
+                    bar.total = self.total_steps
+                if run.log_every and (self.step % run.log_every == 0
+                                      or self.step == self.total_steps):
                     last = {name: float(value) for name, value in losses.items()}
                     self._log(last, grad_norm)
                     lr = self.optimizer.param_groups[-1]["lr"]
                     bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{lr:.2e}")
                     if bar.disable and self.dist.is_main:  # no bar: a plain log line instead
                         rate = (time.perf_counter() - start_time) / (self.step - start_step)
-                        print(f"step {self.step}/{run.steps}: loss {last['loss']:.4f}, lr "
+                        print(f"step {self.step}/{self.total_steps}: loss {last['loss']:.4f}, lr "
                               f"{lr:.2e}, {rate:.3f}s/step", flush=True)
                 if run.eval_every and self.step % run.eval_every == 0:
                     self.evaluate()
@@ -222,10 +232,26 @@ class Trainer:
             save_model_dir(self.out_dir, self.model, self.model_dir_config())
         self.dist.barrier()
         elapsed = time.perf_counter() - start_time
-        return {"steps": self.step, "seconds": elapsed,
+        return {"steps": self.step, "planned_steps": self.total_steps, "seconds": elapsed,
                 "seconds_per_step": elapsed / max(self.step - start_step, 1),
                 "last_losses": last,
                 "pq": self.eval_history[-1]["pq"] if self.eval_history else None}
+
+    def _fit_time_limit(self, start_step: int, start_time: float) -> None:
+        """Sets ``total_steps`` (and the schedule's end) to what the time left allows at the
+        speed so far (evaluations and saves included), never beyond ``run.steps``."""
+        run = self.config.run
+        elapsed = time.perf_counter() - start_time
+        per_step = elapsed / max(self.step - start_step, 1)
+        left = _FIT_SHARE * run.time_limit_s - elapsed
+        total = min(run.steps, self.step + max(int(left / per_step), 0))
+        if self.dist.enabled:  # every rank takes rank 0's plan
+            plan = torch.tensor([float(total)], device=self.device)
+            torch.distributed.broadcast(plan, src=0)
+            total = int(plan.item())
+        self.total_steps = total
+        for schedule in self.scheduler.lr_lambdas:
+            schedule.total_steps = total
 
     def _time_is_up(self, start_time: float) -> bool:
         """Whether ``run.time_limit_s`` has passed; every rank takes rank 0's decision."""
