@@ -57,6 +57,14 @@ def test_print_config_shows_precedence(capsys):
     assert config["optimizer"]["lr"] == pytest.approx(1e-4)
     assert config["input"]["crop"] == [65, 129]
     assert config["data"]["train_split"] == "train"  # from the file
+    assert config["run"]["time_limit_s"] == 0.0 and config["run"]["fit_time_limit"] is False
+
+
+def test_time_limit_flags(capsys):
+    assert cli_main.main(["train", "--config", "synthetic_cmt_deeplab_tiny", "--time-limit", "90",
+                          "--fit-time-limit", "--print-config"]) == 0
+    run = yaml.safe_load(capsys.readouterr().out)["run"]
+    assert run["time_limit_s"] == 90.0 and run["fit_time_limit"] is True
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -33,6 +33,7 @@ _FLAG_KEYS = {
     "eval_every": "run.eval_every",
     "device": "run.device",
     "num_workers": "run.num_workers",
+    "time_limit": "run.time_limit_s",
 }
 _DATA_KEYS = {
     "data": "data.root",
@@ -73,6 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="steps between PQ evaluations on --val-split (0: off)")
     parser.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--num-workers", type=int, metavar="N", help="data loader workers")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="stop (saving a resumable state) after this much training time")
+    parser.add_argument("--fit-time-limit", action="store_true",
+                        help="with --time-limit: shorten the schedule to end with the time, "
+                             "from the measured speed (run.fit_time_limit)")
     parser.add_argument("--out", metavar="DIR", help="output directory (required unless "
                                                      "--dry-run)")
     parser.add_argument("--resume", action="store_true",
@@ -99,6 +105,8 @@ def build_config(args: argparse.Namespace) -> Any:
             values[key] = str(value) if isinstance(value, Path) else value
     if getattr(args, "skip_bad", False):
         values["data.skip_bad"] = True
+    if getattr(args, "fit_time_limit", False):
+        values["run.fit_time_limit"] = True
     if args.train_split is not None or args.train_images is not None:
         # Data given on the command line replaces the config's train split entirely.
         for name in ("train_split", "train_images", "train_annotations", "train_panoptic_dir"):
