@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--variants", default=None, help="comma-separated subset of the names")
     parser.add_argument("--train-images", type=int, help="fewer training images (smoke runs)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--table", action="store_true",
+                        help="only print the table of the runs done so far")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs trained at once, one thread each (default 1: one run, all threads)")
     args = parser.parse_args()
@@ -106,7 +108,7 @@ def main() -> None:
     order = [(names[0], seed) for seed in seeds] + [(name, seed) for seed in seeds
                                                      for name in names[1:]]
     pending = [(f"{name} | seed {seed} | {tag}", name, seed) for name, seed in order]
-    pending = [job for job in pending if job[0] not in results]
+    pending = [job for job in pending if job[0] not in results and not args.table]
     if args.jobs <= 1:
         for key, name, seed in pending:
             print(f"== {key}", flush=True)
@@ -129,7 +131,7 @@ def main() -> None:
                       f"({results[key]['seconds'] / 60:.1f} min)", flush=True)
                 atomic_write_json(results_path, results, indent=1)
     print(f"\nCMT layer ablation on the synthetic benchmark ({tag}, seeds {args.seeds})")
-    print(f"{'variant':28} {'PQ':>12} {'PQ things':>10} {'PQ stuff':>9}")
+    print(f"{'variant':28} {'PQ':>12} {'PQ things':>10} {'PQ stuff':>9} {'seeds':>6}")
     for name in names:
         runs = [results[key] for s in seeds if (key := f"{name} | seed {s} | {tag}") in results]
         if not runs:
@@ -138,7 +140,7 @@ def main() -> None:
         spread = statistics.stdev(pq) if len(pq) > 1 else 0.0
         print(f"{name:28} {statistics.mean(pq):6.2f} +-{spread:4.2f} "
               f"{statistics.mean(r['pq_things'] for r in runs):10.2f} "
-              f"{statistics.mean(r['pq_stuff'] for r in runs):9.2f}")
+              f"{statistics.mean(r['pq_stuff'] for r in runs):9.2f} {len(runs):6d}")
 
 
 if __name__ == "__main__":
