@@ -77,19 +77,19 @@ def prepare_data(root: Path, settings: DemoSettings, seed: int) -> None:
                                    workers=min(2, os.cpu_count() or 1))
 
 
-def _train_config(root: Path, settings: DemoSettings, seed: int, steps: int):
+def _train_config(root: Path, settings: DemoSettings, seed: int):
     from cmt_deeplab.engine.config import load_train_config
 
     crop = settings.image_size + 1  # 32k + 1 keeps every stride corner-aligned
     return load_train_config("synthetic_cmt_deeplab_tiny", values={
         "data.root": str(root), "input.crop": [crop, crop], "input.eval_size": [crop, crop],
-        "run.steps": steps, "run.batch_size": settings.batch_size, "run.seed": seed,
+        "run.steps": settings.steps, "run.batch_size": settings.batch_size, "run.seed": seed,
         "run.eval_every": settings.eval_every, "run.save_every": max(settings.eval_every // 2, 10),
         "run.log_every": settings.log_every,
         "run.time_limit_s": settings.time_limit_s, "run.device": "cpu", "run.num_workers": 1,
         # A slower machine gets a shorter, complete schedule rather than a cut-off run.
         "run.fit_time_limit": True,
-        "schedule.warmup_steps": min(100, steps // 10),
+        "schedule.warmup_steps": min(100, settings.steps // 10),
     })
 
 
@@ -100,7 +100,7 @@ def train(root: Path, run_dir: Path, settings: DemoSettings, seed: int, progress
     if summary_path.exists() and (run_dir / "model.safetensors").exists():
         _log(f"train: done before ({run_dir})")
         return json.loads(summary_path.read_text())
-    config = _train_config(root, settings, seed, settings.steps)
+    config = _train_config(root, settings, seed)
     _log(f"train: cmt-deeplab-tiny, up to {settings.steps} steps x {settings.batch_size} images, "
          f"at most {settings.time_limit_s / 60:.0f} min: the schedule is shortened to fit the "
          "time on a slower machine (Ctrl-C stops; rerun resumes)")
