@@ -46,6 +46,23 @@ def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, 
     return statistics.median(times)
 
 
+def alternating_medians(
+    calls: dict[str, Callable[[], object]], rounds: int, repeats: dict[str, int] | None = None
+) -> dict[str, float]:
+    """Median seconds of one call of each, timed in alternating rounds (``repeats[name]``
+    calls per round, default 1): a load change on a shared machine then hits all alike."""
+    repeats = repeats or {}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            count = repeats.get(name, 1)
+            start = time.perf_counter()
+            for _ in range(count):
+                call()
+            times[name].append((time.perf_counter() - start) / count)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def count_forward_macs(fn: Callable[[], object]) -> int:
     """MACs of one call with torch's FlopCounterMode (FLOPs / 2), the same rule for every model."""
     counter = FlopCounterMode(display=False)

@@ -9,15 +9,13 @@ hit all of them.
 from __future__ import annotations
 
 import itertools
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import hf_models
 import torch
-from _common import count_forward_macs, report_load
+from _common import alternating_medians, count_forward_macs, report_load
 
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
 from cmt_deeplab.engine.config import load_train_config
@@ -89,24 +87,18 @@ def run(threads: int, rounds: int, tiny_batches: tuple[int, ...], large_size: in
         for name, (step, _) in steps.items():
             step()  # warm-up (and optimizer state allocation)
             macs[name] = count_forward_macs(step)
-        times: dict[str, list[float]] = {name: [] for name in steps}
-        for _ in range(rounds):
-            for name, (step, _) in steps.items():
-                repeats = 5 if "tiny" in name else 1
-                start = time.perf_counter()
-                for _ in range(repeats):
-                    step()
-                times[name].append((time.perf_counter() - start) / repeats)
+        # Tiny steps are short: five per round keep the timer's resolution out of the way.
+        seconds = alternating_medians({name: step for name, (step, _) in steps.items()}, rounds,
+                                      {name: 5 for name in steps if "tiny" in name})
     print(f"\n{'training step':38} {'s/step':>8} {'img/s':>7} {'GMACs':>8} {'GMAC/s':>7}")
     speed = {}
     for name, (_, batch) in steps.items():
-        seconds = statistics.median(times[name])
-        speed[name] = macs[name] / 1e9 / seconds
-        print(f"{name:38} {seconds:8.3f} {batch / seconds:7.1f} {macs[name] / 1e9:8.1f} "
+        speed[name] = macs[name] / 1e9 / seconds[name]
+        print(f"{name:38} {seconds[name]:8.3f} {batch / seconds[name]:7.1f} {macs[name] / 1e9:8.1f} "
               f"{speed[name]:7.1f}")
     for name in steps:
         if name.startswith("cmt-deeplab-tiny"):
-            print(f"{name}: {steps[name][1] / statistics.median(times[name]):.1f} img/s "
+            print(f"{name}: {steps[name][1] / seconds[name]:.1f} img/s "
                   f"(target >= 40 on 2 cores)")
     ours = next(n for n in steps if n.startswith("cmt-deeplab-s"))
     peer = next((n for n in steps if n.startswith("mask2former")), None)

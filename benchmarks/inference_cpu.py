@@ -11,9 +11,7 @@ fraction of the GEMM roof and the ratio CMT-S / MaskFormer-SwinB (target >= 1).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,7 +19,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hf_models  # noqa: E402
-from _common import count_forward_macs, gemm_peak_gmacs, report_load  # noqa: E402
+from _common import (  # noqa: E402
+    alternating_medians,
+    count_forward_macs,
+    gemm_peak_gmacs,
+    report_load,
+)
 
 import cmt_deeplab  # noqa: E402
 from cmt_deeplab.inference.fast import optimize_for_inference  # noqa: E402
@@ -59,16 +62,11 @@ def main() -> None:
                 macs[name] = count_forward_macs(calls[name])
     elif not args.no_peers:
         print("transformers is not installed: pip install -c constraints.txt -e '.[bench]' for the peers")
-    times: dict[str, list[float]] = {name: [] for name in calls}
     with torch.inference_mode():
         for call in calls.values():
             call()  # warm-up
-        for _ in range(args.repeats):
-            for name, call in calls.items():
-                start = time.perf_counter()
-                call()
-                times[name].append(time.perf_counter() - start)
-    rows = [(name, statistics.median(times[name]), macs[name]) for name in calls]
+        seconds = alternating_medians(calls, args.repeats)
+    rows = [(name, seconds[name], macs[name]) for name in calls]
     print(f"\n{'model':20} {'seconds':>8} {'GMACs':>8} {'GMAC/s':>8} {'of roof':>8}")
     speed = {}
     for name, seconds, macs in rows:
