@@ -8,7 +8,9 @@ prints PQ mean +- std per variant:
     .venv/bin/python benchmarks/ablation.py --work /tmp/ablation --steps 20 --seeds 0  # smoke
 
 Each variant x seed is one full training run (about as long as ``train_cpu.py``); results
-are kept in ``WORK/results.json`` and reused, so an interrupted ablation resumes. ``--jobs 2``
+are kept in ``--results`` (default ``WORK/results.json``) and reused, so an interrupted ablation
+resumes; ``benchmarks/results/ablation.json`` is the committed record behind the README table
+(``--results benchmarks/results/ablation.json`` adds to it). ``--jobs 2``
 trains two runs at a time, one thread each: on 2 cores that is ~1.6x the throughput of one
 2-thread run (a tiny-model step does not scale across threads). The full layer's seeds run
 first, then the other variants seed by seed, so a cut-short ablation is still usable.
@@ -82,6 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--results", type=Path,
+                        help="the JSON record of finished runs (default WORK/results.json)")
     parser.add_argument("--steps", type=int, help="override the budget (smoke runs)")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the names")
     parser.add_argument("--train-images", type=int, help="fewer training images (smoke runs)")
@@ -96,11 +100,12 @@ def main() -> None:
         preset["train_images"] = args.train_images
     data_root = args.work / "data"
     workers = min(2, os.cpu_count() or 1)
-    _data(data_root, "train", preset["train_images"], preset["size"], preset["seed"], workers)
-    _data(data_root, "val", preset["val_images"], preset["size"], preset["seed"], workers)
+    if not args.table:
+        _data(data_root, "train", preset["train_images"], preset["size"], preset["seed"], workers)
+        _data(data_root, "val", preset["val_images"], preset["size"], preset["seed"], workers)
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.variants.split(",") if args.variants else list(VARIANTS)
-    results_path = args.work / "results.json"
+    results_path = args.results or args.work / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     tag = (f"steps={args.steps}, {preset['train_images']} images" if args.steps
            else "full budget")
@@ -131,7 +136,7 @@ def main() -> None:
                       f"({results[key]['seconds'] / 60:.1f} min)", flush=True)
                 atomic_write_json(results_path, results, indent=1)
     print(f"\nCMT layer ablation on the synthetic benchmark ({tag}, seeds {args.seeds})")
-    print(f"{'variant':28} {'PQ':>12} {'PQ things':>10} {'PQ stuff':>9} {'seeds':>6}")
+    print(f"{'variant':28} {'PQ':>12} {'PQ things':>10} {'PQ stuff':>9} {'seeds':>6}   per seed")
     for name in names:
         runs = [results[key] for s in seeds if (key := f"{name} | seed {s} | {tag}") in results]
         if not runs:
@@ -139,8 +144,16 @@ def main() -> None:
         pq = [r["pq"] for r in runs]
         spread = statistics.stdev(pq) if len(pq) > 1 else 0.0
         print(f"{name:28} {statistics.mean(pq):6.2f} +-{spread:4.2f} "
-              f"{statistics.mean(r['pq_things'] for r in runs):10.2f} "
-              f"{statistics.mean(r['pq_stuff'] for r in runs):9.2f} {len(runs):6d}")
+              f"{_mean_of_known(runs, 'pq_things'):>10} {_mean_of_known(runs, 'pq_stuff'):>9} "
+              f"{len(runs):6d}   ({', '.join(f'{v:.2f}' for v in pq)})")
+
+
+def _mean_of_known(runs: list[dict], field: str) -> str:
+    """The mean over the runs that recorded ``field`` (older records kept only the PQ)."""
+    known = [r[field] for r in runs if r.get(field) is not None]
+    if not known:
+        return "n/a"
+    return f"{statistics.mean(known):.2f}" + ("" if len(known) == len(runs) else f"[{len(known)}]")
 
 
 if __name__ == "__main__":
