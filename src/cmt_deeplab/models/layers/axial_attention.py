@@ -84,9 +84,8 @@ class AxialAttention(nn.Module):
         if not self.training and self.qkv_bn.running_var is not None:
             scale, shift = _bn_affine(self.qkv_bn)
             return F.conv2d(x, weight * scale[:, None, None, None], shift)
-        qkv = F.conv2d(x, weight)
-        batch, channels, height, width = qkv.shape
-        return self.qkv_bn(qkv.reshape(batch, channels, height * width)).reshape(qkv.shape)
+        qkv = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight)
+        return _channels_last_bn(self.qkv_bn, qkv.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """The attention along the axis, on projected tokens: ``[B', L, 2K+V] -> [B', L, V]``."""
@@ -105,28 +104,30 @@ class AxialAttention(nn.Module):
         rpe_k = self.key_rpe[index]
         rpe_v = self.value_rpe[index]  # [L(o), L(p), dv]
 
-        content = q @ k.transpose(-1, -2)  # [B', h, L, L]
+        # The three logit terms and the two output terms are stacked with their channels
+        # (term, head[, dv]) innermost, so each BN runs on a channels-last [N, C] view: on
+        # CPU ~3x faster than on [N, C, L] when L (the axis) is short.
+        content = (q @ k.transpose(-1, -2)).permute(0, 2, 3, 1)  # [B', L(o), L(p), h]
         # q_o . E_q[o, p]: batch over o -> [L(o), B'h, dk] @ [L(o), dk, L(p)].
         q_by_pos = q.permute(2, 0, 1, 3).reshape(length, batch * heads, dk)
         query_term = (q_by_pos @ rpe_q.transpose(1, 2)).reshape(length, batch, heads, length)
-        query_term = query_term.permute(1, 2, 0, 3)
+        query_term = query_term.permute(1, 0, 3, 2)
         # k_p . E_k[o, p]: batch over p -> [L(p), B'h, dk] @ [L(p), dk, L(o)].
         k_by_pos = k.permute(2, 0, 1, 3).reshape(length, batch * heads, dk)
         key_term = (k_by_pos @ rpe_k.permute(1, 2, 0)).reshape(length, batch, heads, length)
-        key_term = key_term.permute(1, 2, 3, 0)
+        key_term = key_term.permute(1, 3, 0, 2)
 
-        logits = torch.stack([content, query_term, key_term], dim=1)  # [B', 3, h, L, L]
-        logits = self.similarity_bn(logits.reshape(batch, 3 * heads, length * length))
-        logits = logits.reshape(batch, 3, heads, length, length).sum(dim=1)
-        weights = logits.softmax(dim=-1)  # [B', h, L(o), L(p)]
+        logits = torch.stack([content, query_term, key_term], dim=3)  # [B', L, L, 3, h]
+        logits = _channels_last_bn(self.similarity_bn, logits.flatten(3))
+        logits = logits.unflatten(3, (3, heads)).sum(dim=3)  # [B', L(o), L(p), h]
+        weights = logits.permute(0, 3, 1, 2).softmax(dim=-1)  # [B', h, L(o), L(p)]
 
-        retrieved_content = weights @ v  # [B', h, L, dv]
+        retrieved_content = (weights @ v).transpose(1, 2)  # [B', L, h, dv]
         w_by_pos = weights.permute(2, 0, 1, 3).reshape(length, batch * heads, length)
-        retrieved_rpe = (w_by_pos @ rpe_v).reshape(length, batch, heads, dv).permute(1, 2, 0, 3)
-        out = torch.stack([retrieved_content, retrieved_rpe], dim=1)  # [B', 2, h, L, dv]
-        out = out.permute(0, 1, 2, 4, 3).reshape(batch, 2 * self.value_channels, length)
-        out = self.output_bn(out).reshape(batch, 2, heads, dv, length).sum(dim=1)
-        return out.reshape(batch, self.value_channels, length).transpose(1, 2)  # [B', L, V]
+        retrieved_rpe = (w_by_pos @ rpe_v).reshape(length, batch, heads, dv).transpose(0, 1)
+        out = torch.stack([retrieved_content, retrieved_rpe], dim=2)  # [B', L, 2, h, dv]
+        out = _channels_last_bn(self.output_bn, out.flatten(2))  # [B', L, 2V]
+        return out.unflatten(2, (2, self.value_channels)).sum(dim=2)  # [B', L, V]
 
     def _attend_folded(self, qkv: torch.Tensor) -> torch.Tensor:
         """Eval mode: every BN is an affine map, folded where it costs nothing.
@@ -164,6 +165,14 @@ class AxialAttention(nn.Module):
         out += retrieved_rpe.permute(1, 2, 0, 3) * rpe_scale
         out = out.transpose(1, 2).reshape(batch, length, value)
         return out + (out_shift[:value] + out_shift[value:])
+
+
+def _channels_last_bn(bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``bn`` over the last dimension of ``x`` (``[..., C]``), through an ``[N, C]`` view.
+
+    The module itself runs (not ``F.batch_norm``), so ``SyncBatchNorm`` conversion still applies.
+    """
+    return bn(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
 def _bn_affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
