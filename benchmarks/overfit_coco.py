@@ -89,13 +89,14 @@ def main() -> None:
     result = evaluate_model(trainer.model, dataset, config.eval_size, trainer.device,
                             config.evaluation.method, 0, 2)
     names = {c.id: c.name for c in dataset.info.categories}
-    per_class = {names[c]: round(100 * v["pq"], 1) for c, v in result["per_class"].items()}
+    per_class = {names[c]: round(100 * v["pq"], 1) for c, v in result["per_class"].items()
+                 if v["tp"] + v["fp"] + v["fn"] > 0}  # the classes in the two images
     print(json.dumps({
         "steps": summary["steps"],
         "train_wall_seconds": round(train_seconds, 1),
         "seconds_per_step": round(summary["seconds_per_step"], 3),
         "eval_history": [{"step": e["step"], "pq": round(e["pq"], 2)}
-                         for e in summary.get("eval_history", [])],
+                         for e in trainer.eval_history],
         "pq": round(100 * result["All"]["pq"], 2),
         "pq_things": round(100 * result["Things"]["pq"], 2),
         "pq_stuff": round(100 * result["Stuff"]["pq"], 2),

@@ -60,11 +60,12 @@ from cmt_deeplab.engine.distributed import DistributedContext, ResumableSampler
 from cmt_deeplab.engine.evaluate import evaluate_model
 from cmt_deeplab.engine.optim import build_optimizer, build_scheduler
 from cmt_deeplab.losses.criterion import PanopticCriterion
+from cmt_deeplab.utils.allocator import keep_freed_memory
 from cmt_deeplab.utils.io import atomic_write_json, atomic_write_text
 
 #: Settings that do not change the trained weights (no resume warning when they change).
-_BOOKKEEPING_KEYS = {"run.num_workers", "run.log_every", "run.save_every", "run.keep_last",
-                     "run.eval_every", "run.time_limit_s", "data.skip_bad",
+_BOOKKEEPING_KEYS = {"run.num_workers", "run.keep_freed_memory", "run.log_every",
+                     "run.save_every", "run.keep_last", "run.eval_every", "run.time_limit_s", "data.skip_bad",
                      "data.val_split", "data.val_images", "data.val_annotations",
                      "data.val_panoptic_dir", "input.eval_size"}
 #: Steps between re-plans of ``run.fit_time_limit``, and the share of the time limit planned
@@ -112,6 +113,8 @@ class Trainer:
             )
         self.micro_batch = run.batch_size // per_step
         self.amp_dtype = _amp_dtype(run.amp, self.device)
+        if self.device.type == "cpu" and run.keep_freed_memory:
+            keep_freed_memory()
         if not resume and self.out_dir is not None and list_checkpoints(self.out_dir):
             raise ValueError(f"{self.out_dir} already holds training states; pass --resume to "
                              "continue that run, or choose another --out")
