@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from _fakes import INFO, ColourModel, scene
@@ -285,3 +286,15 @@ def test_checkpoint_directory_end_to_end(images: Path, tmp_path: Path,
     assert cli("--model", "no-such-model", "--categories", str(categories),
                "--input", str(images), "--output", str(out)) == 2
     assert "no-such-model" in capsys.readouterr().err
+
+
+def test_precision_and_compile_flags_reach_the_predictor(images: Path, tmp_path: Path,
+                                                         fake_model: ColourModel,
+                                                         monkeypatch) -> None:
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(kw) or model)
+    out = tmp_path / "out"
+    assert cli("--model", "fake", "--input", str(images), "--output", str(out), "--size", "33",
+               "--device", "cpu", "--precision", "bf16", "--compile") == 0
+    assert compiled == [{"dynamic": False}]
+    assert len(json.loads((out / "predictions.json").read_text())["annotations"]) == 3

@@ -19,7 +19,7 @@ def test_uniform_image_covers_everything_after_undoing_pad_and_resize() -> None:
     image = np.zeros((34, 66, 3), dtype=np.uint8)
     image[..., 0] = 255
     result = predictor(image)
-    assert model.input_shapes == [(1, 3, 33, 33)]
+    assert predictor.model.input_shapes == [(1, 3, 33, 33)]
     assert result.panoptic.shape == (34, 66)
     assert (result.panoptic == PERSON_ID).all()  # no void band where the padding was
     assert result.segments_info == [{"id": PERSON_ID, "category_id": 1, "isthing": True,
@@ -58,7 +58,7 @@ def test_batch_invariance() -> None:
     for single, batched, other in zip(alone, together, reversed_order, strict=True):
         np.testing.assert_array_equal(single, batched)
         np.testing.assert_array_equal(single, other)
-    assert model.input_shapes[-1] == (3, 3, 65, 65)  # images of three sizes in one batch
+    assert predictor.model.input_shapes[-1] == (3, 3, 65, 65)  # images of three sizes in one batch
     assert {r.shape for r in together} == {(45, 70), (80, 30), (65, 65)}
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from cmt_deeplab.cli.main import UserError
-from cmt_deeplab.cli.predict import _device, load_model, parse_size
+from cmt_deeplab.cli.predict import _device, add_speed_arguments, load_model, parse_size
 from cmt_deeplab.data.arguments import add_data_arguments, dataset_from_args
 
 
@@ -22,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-images", type=int, default=0, help="first N images only (0: all)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    add_speed_arguments(parser)
     parser.set_defaults(func=run, categories=None)
 
 
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         model, info = _rebuild_for(args.model, dataset.info), dataset.info
     size = parse_size(args.size) if args.size else default_size
     result = evaluate_model(model, dataset, size, device=device, method=args.method,
-                            max_images=args.max_images, batch_size=args.batch_size, progress=True)
+                            max_images=args.max_images, batch_size=args.batch_size, progress=True,
+                            precision=args.precision, compile=args.compile)
     print(format_pq_table(result))
     print(f"images: {result['num_images']}")
     if args.output:

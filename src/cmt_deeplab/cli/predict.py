@@ -33,7 +33,7 @@ from cmt_deeplab.data.image_io import load_image
 from cmt_deeplab.data.metadata import DatasetInfo
 from cmt_deeplab.data.panoptic_png import write_panoptic_png
 from cmt_deeplab.inference.post_processing import POST_PROCESSORS
-from cmt_deeplab.inference.predictor import Predictor, checkpoint_size
+from cmt_deeplab.inference.predictor import PRECISIONS, Predictor, checkpoint_size
 from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -63,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", choices=sorted(POST_PROCESSORS), default="pixelwise",
                         help="post-processing (default pixelwise, as CMT-DeepLab)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    add_speed_arguments(parser)
     parser.add_argument("--image-info", metavar="JSON",
                         help="COCO `images` list (or a JSON with one): image ids by file_name; "
                              "default: the file stem, as an int when all digits")
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if todo:
         model, info, default_size = load_model(args, device)
         predictor = Predictor(model, info, size=size or default_size, device=device,
-                              method=args.method, batch_size=args.batch_size)
+                              method=args.method, batch_size=args.batch_size, inplace=True,
+                              precision=args.precision, compile=args.compile)
         last_save = time.monotonic()
         try:
             with tqdm(total=len(todo), unit="img", desc="predict", disable=None) as progress:
@@ -184,6 +186,14 @@ def find_images(spec: str) -> list[Path]:
                             f"{image.stem}.png; rename one")
         by_stem[image.stem] = image
     return images
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--compile``, shared by ``predict`` and ``evaluate``."""
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
+                        help="autocast precision (bf16/fp16 on CUDA; bf16 also on recent CPUs)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (falls back to eager if compiling fails)")
 
 
 def parse_size(text: str) -> int | tuple[int, int]:

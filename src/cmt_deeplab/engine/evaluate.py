@@ -34,6 +34,8 @@ def evaluate_model(
     max_images: int = 0,
     batch_size: int = 4,
     progress: bool = False,
+    precision: str = "fp32",
+    compile: bool = False,
     **thresholds: Any,
 ) -> dict[str, Any]:
     """Panoptic quality of ``model`` on ``dataset`` (its raw images and PNGs; transforms unused).
@@ -46,6 +48,7 @@ def evaluate_model(
         method: ``"pixelwise"`` or ``"maskwise"``.
         max_images: evaluate the first ``max_images`` images only (0: all).
         batch_size: images per forward pass.
+        precision, compile: as ``Predictor`` (autocast, ``torch.compile``).
         thresholds: post-processing arguments (``class_threshold``, ``thing_area_limit``, ...).
 
     Returns:
@@ -55,7 +58,8 @@ def evaluate_model(
     if device is None:
         device = next(model.parameters()).device
     predictor = Predictor(model, dataset.info, size=size, device=device, method=method,
-                          batch_size=batch_size, **thresholds)
+                          batch_size=batch_size, precision=precision, compile=compile,
+                          **thresholds)
     count = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
     stats = PanopticStats.zeros(dataset.info.num_classes)
     pending: list[tuple[Any, Any, Any]] = []  # (image, gt ids, record)

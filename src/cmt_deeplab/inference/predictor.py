@@ -15,6 +15,7 @@ at a time.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,14 @@ from torch import nn
 from cmt_deeplab.data.image_io import load_image
 from cmt_deeplab.data.metadata import DatasetInfo
 from cmt_deeplab.data.transforms import resize_crop_pad
+from cmt_deeplab.inference.fast import optimize_for_inference
 from cmt_deeplab.inference.post_processing import POST_PROCESSORS
 from cmt_deeplab.inference.result import PanopticResult
 
 ImageInput = str | Path | np.ndarray | Image.Image
+
+#: ``precision`` -> autocast dtype (``None``: float32, no autocast).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: Arguments of the post-processors that the Predictor sets itself, per image.
 _GEOMETRY_ARGUMENTS = {"pred_logits", "pred_masks", "info", "out_size", "valid_size", "input_size"}
@@ -48,6 +53,16 @@ class Predictor:
         device: where the model runs; default CUDA when available, else CPU.
         method: ``"pixelwise"`` (MaX, the default for CMT) or ``"maskwise"`` (kMaX).
         batch_size: images per forward pass when called on a list.
+        optimize: run an inference copy of ``model`` with its BNs folded into the layers before
+            them and channels-last memory (``inference.fast.optimize_for_inference``; outputs
+            equal within float rounding). ``False`` runs ``model`` itself, e.g. to hook it.
+        inplace: with ``optimize``, rewrite ``model`` itself instead of a copy (it is then fit
+            for inference only); saves the copy when the caller owns the model.
+        precision: ``"fp32"``, or autocast to ``"bf16"`` (CUDA, or a CPU with bf16 support)
+            or ``"fp16"`` (CUDA only). Outputs are returned in float32.
+        compile: ``torch.compile`` the model (fixed canvas, so static shapes). Compiling
+            happens at the first batch; if it fails there (no C++ compiler, an unsupported
+            op), a warning says why and the Predictor runs eagerly.
         **thresholds: keyword arguments of the post-processor, e.g. ``class_threshold=0.7``,
             ``thing_area_limit=0`` (see ``pixelwise_panoptic`` / ``maskwise_panoptic``).
     """
@@ -60,6 +75,10 @@ class Predictor:
         device: str | torch.device | None = None,
         method: str = "pixelwise",
         batch_size: int = 4,
+        optimize: bool = True,
+        inplace: bool = False,
+        precision: str = "fp32",
+        compile: bool = False,
         **thresholds: Any,
     ) -> None:
         if method not in POST_PROCESSORS:
@@ -72,8 +91,19 @@ class Predictor:
                              f"allowed: {sorted(allowed)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose from {sorted(PRECISIONS)}")
         self.device = torch.device(device) if device is not None else _default_device()
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"precision 'fp16' needs a CUDA device (got {self.device}); use "
+                             "'bf16' or 'fp32'")
         self.model = model.to(self.device).eval()
+        if optimize:
+            self.model = optimize_for_inference(self.model, inplace=inplace)
+        self.channels_last = optimize
+        self.amp_dtype = PRECISIONS[precision]
+        self._forward: Any = torch.compile(self.model, dynamic=False) if compile else self.model
+        self._compile_pending = compile
         self.info = info
         self.canvas = _canvas_size(size)
         self.method = method
@@ -100,6 +130,7 @@ class Predictor:
         info = DatasetInfo.from_dict(config["data"])
         if size is None:
             size = checkpoint_size(config)
+        kwargs.setdefault("inplace", True)  # the model is ours: no copy needed
         return cls(model, info, size=size, device=device, **kwargs)
 
     def __call__(
@@ -120,7 +151,10 @@ class Predictor:
         if not images:
             return []
         inputs, valid_sizes = zip(*(self.preprocess(image) for image in images), strict=True)
-        outputs = self.model(torch.stack(inputs))
+        batch = torch.stack(inputs)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        outputs = self._run(batch)
         for key in ("pred_logits", "pred_masks"):
             if key not in outputs:
                 raise ValueError(f"model output has no {key!r} (keys: {sorted(outputs)})")
@@ -137,6 +171,27 @@ class Predictor:
             )
             for index, (image, valid_size) in enumerate(zip(images, valid_sizes, strict=True))
         ]
+
+    def _run(self, batch: torch.Tensor) -> dict[str, Any]:
+        """The forward pass, in ``precision``; the compiled model falls back to eager once."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            if self._compile_pending:
+                self._compile_pending = False
+                try:
+                    outputs = self._forward(batch)
+                except Exception as error:  # noqa: BLE001 - any compile failure: run eagerly
+                    warnings.warn(f"torch.compile failed ({type(error).__name__}: "
+                                  f"{str(error).strip().splitlines()[0] if str(error) else ''}); "
+                                  "running the model eagerly", stacklevel=3)
+                    self._forward = self.model
+                    outputs = self._forward(batch)
+            else:
+                outputs = self._forward(batch)
+        if self.amp_dtype is not None:
+            outputs = {key: value.float() if torch.is_tensor(value) and value.is_floating_point()
+                       else value for key, value in outputs.items()}
+        return outputs
 
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """``[H0, W0, 3]`` uint8 -> (normalised, padded input ``[3, H, W]``, resized ``(Hv, Wv)``)."""

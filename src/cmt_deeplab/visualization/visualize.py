@@ -71,7 +71,7 @@ def visualize(
     """Clustering / attention maps of ``model`` on ``image`` (path, PIL or array), at the
     paper's 641x641 input by default; ``compare_model`` (e.g. MaX-DeepLab) adds its
     attention maps for the same objects."""
-    predictor = Predictor(model, info, size=size, device=device)
+    predictor = Predictor(model, info, size=size, device=device, optimize=False)  # hooks
     rgb = to_rgb_array(image)
     padded, valid = predictor.preprocess(rgb)
     shown = np.asarray(Image.fromarray(rgb).resize((valid[1], valid[0]), Image.BILINEAR))
