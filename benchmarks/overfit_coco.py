@@ -68,6 +68,8 @@ def main() -> None:
                         help="folder of the COCO sample (input_images/, panoptic_examples*)")
     parser.add_argument("--steps", type=int, help="override the recipe's steps")
     parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--time-limit", type=float, default=0.0, metavar="SECONDS",
+                        help="fit the schedule into this much training time (run.fit_time_limit)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE")
@@ -79,6 +81,8 @@ def main() -> None:
     values = {**RECIPE, **_split_paths(args.sample), "run.eval_every": args.eval_every}
     if args.steps is not None:
         values["run.steps"] = args.steps
+    if args.time_limit:
+        values.update({"run.time_limit_s": args.time_limit, "run.fit_time_limit": True})
     config = load_train_config("synthetic_cmt_deeplab_tiny", args.overrides, values)
     trainer = Trainer(config, args.work, resume=args.resume, progress=not args.no_progress)
     start = time.perf_counter()
