@@ -4,10 +4,9 @@ Every training step allocates and frees the same large tensors (activations save
 backward, the ``[B, k, k]`` pixel similarities). glibc serves a block above its mmap threshold
 (adaptive, but never above 32 MiB) with a fresh ``mmap`` and unmaps it on free, and it trims
 the top of its heap beyond the trim threshold; either way the next step page-faults the same
-memory back in, 4 KiB at a time, in the kernel. At COCO-like resolutions most activations are
-above 32 MiB: a ``cmt-deeplab-tiny`` step on a 705x1025 crop spent a third of its time in
-the kernel (2.2M page faults in 4 steps) and ran ~20% faster with the thresholds raised.
-This is what the jemalloc / tcmalloc preloads of PyTorch's CPU performance guide do, without
+memory back in, 4 KiB at a time, in the kernel. ``benchmarks/cpu_allocator.py`` (2 cores):
+a ``cmt-deeplab-tiny`` step on a 705x1025 crop ran 1.44x faster with the thresholds raised
+(415k -> 48k page faults a step), a 97x97 batch-8 step 1.25x. This is what the jemalloc / tcmalloc preloads of PyTorch's CPU performance guide do, without
 a preload. Peak memory does not change; memory freed after the peak stays with the process.
 """
 
