@@ -39,7 +39,7 @@ RECIPE = {
     "augmentation.min_scale": 1.0,
     "augmentation.max_scale": 1.0,
     "augmentation.flip_prob": 0.0,
-    "optimizer.lr": 1.0e-3,
+    "optimizer.lr": 2.0e-3,           # the tiny recipe's rate
     "schedule.warmup_steps": 50,
     "run.steps": 1500,
     "run.batch_size": 2,
