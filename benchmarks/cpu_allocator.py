@@ -12,7 +12,6 @@ batch 2) and at the synthetic benchmark's 97x97 crop (batch 8), on random batche
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import resource
 import statistics
@@ -26,10 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import report_load  # noqa: E402
-
-from cmt_deeplab.engine.config import load_train_config  # noqa: E402
-from cmt_deeplab.engine.data import random_batch  # noqa: E402
-from cmt_deeplab.engine.trainer import Trainer  # noqa: E402
+from _train_speed import _trainer_step  # noqa: E402
 
 #: name -> (crop, batch); the model has the trainer's default (COCO) 133 classes, 80 things.
 WORKLOADS = {
@@ -42,17 +38,14 @@ def child(name: str, keep: bool, steps: int, threads: int) -> None:
     """Times ``steps`` training steps after one warm-up; prints seconds and faults per step."""
     torch.set_num_threads(threads)
     crop, batch = WORKLOADS[name]
-    values = {"run.batch_size": batch, "run.num_workers": 0, "run.eval_every": 0,
-              "data.train_split": None, "data.val_split": None, "input.crop": list(crop),
-              "run.keep_freed_memory": keep, "model.num_slots": 64}
-    trainer = Trainer(load_train_config("synthetic_cmt_deeplab_tiny", values=values), None,
-                      progress=False)
-    batches = itertools.cycle([random_batch(batch, crop, 133, 80, seed=i) for i in range(2)])
-    trainer._train_step(batches)
+    step, _ = _trainer_step("synthetic_cmt_deeplab_tiny",
+                            {"run.keep_freed_memory": keep, "model.num_slots": 64}, None, crop,
+                            batch)
+    step()  # warm-up (and optimizer state allocation)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     for _ in range(steps):
-        trainer._train_step(batches)
+        step()
     seconds = (time.perf_counter() - start) / steps
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     print(json.dumps({"seconds": seconds, "faults": faults}))
