@@ -34,6 +34,7 @@ from cmt_deeplab.data.metadata import DatasetInfo
 from cmt_deeplab.data.panoptic_png import write_panoptic_png
 from cmt_deeplab.inference.post_processing import POST_PROCESSORS
 from cmt_deeplab.inference.predictor import PRECISIONS, Predictor, checkpoint_size
+from cmt_deeplab.utils.device import resolve_device
 from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -242,12 +243,9 @@ def _device(name: str | None) -> torch.device | None:
     if name is None:
         return None
     try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise UserError(f"invalid --device {name!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    return device
+        return resolve_device(name, "--device")
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 def _image_ids(inputs: list[Path], image_info: str | None) -> dict[Path, int | str]:

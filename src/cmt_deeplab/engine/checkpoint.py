@@ -24,7 +24,6 @@ either a complete step directory or a ``.tmp-*`` directory that ``latest_checkpo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -42,7 +41,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_text
+from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_text, fsync_directory
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -386,7 +385,7 @@ def save_training_state(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(temporary, final)
-    _fsync_directory(root)
+    fsync_directory(root)
     if keep_last > 0:
         for _, old_dir in list_checkpoints(out_dir)[:-keep_last]:
             shutil.rmtree(old_dir, ignore_errors=True)
@@ -456,11 +455,3 @@ def _remove_stale_temporaries(root: Path) -> None:
         if entry.name.startswith(".tmp-") and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
 
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

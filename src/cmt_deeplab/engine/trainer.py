@@ -61,6 +61,7 @@ from cmt_deeplab.engine.evaluate import evaluate_model
 from cmt_deeplab.engine.optim import build_optimizer, build_scheduler
 from cmt_deeplab.losses.criterion import PanopticCriterion
 from cmt_deeplab.utils.allocator import keep_freed_memory
+from cmt_deeplab.utils.device import resolve_device
 from cmt_deeplab.utils.io import atomic_write_json, atomic_write_text
 
 #: Settings that do not change the trained weights (no resume warning when they change).
@@ -101,7 +102,7 @@ class Trainer:
         self.resume = resume
         self.progress = progress
         run = config.run
-        self.device = _resolve_device(run.device)
+        self.device = resolve_device(run.device, "run.device")
         self.dist = DistributedContext.from_env(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -581,18 +582,6 @@ class Trainer:
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"invalid run.device {name!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"run.device={name}: CUDA is not available on this machine")
-    return device
 
 
 def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:

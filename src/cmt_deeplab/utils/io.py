@@ -31,7 +31,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
 
 
 def atomic_write_with(path: str | Path, write: Callable[[str], None]) -> None:
@@ -49,7 +49,7 @@ def atomic_write_with(path: str | Path, write: Callable[[str], None]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -65,7 +65,8 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> 
     atomic_write_text(path, json.dumps(obj, indent=indent))
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Makes a rename inside ``directory`` durable (best effort: not every OS allows it)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
