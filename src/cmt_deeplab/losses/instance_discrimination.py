@@ -74,11 +74,21 @@ def pixel_contrastive_loss(
     Returns:
         ``[B]`` soft-target cross-entropy averaged over the sampled anchors.
     """
-    indices, sample_valid = area_balanced_sample(targets, sample_k, sample_temperature, generator)
     feature = pixel_feature.flatten(2).float()  # [B, D, P]
-    sampled = feature.gather(2, indices[:, None, :].expand(-1, feature.shape[1], -1))
-    sampled = sampled.transpose(1, 2) * sample_valid[..., None]  # [B, k, D]
-    sampled_id = targets.pixel_mask_id.flatten(1).gather(1, indices).clamp(min=0)  # [B, k]
+    mask_id = targets.pixel_mask_id.flatten(1)  # [B, P]
+    if sample_k >= mask_id.shape[1]:
+        # Every pixel would be drawn: the draw could only reorder them, which the loss does
+        # not see, so skip it (the tiny preset's 25 x 25 masks never reach k = 4096).
+        sample_valid = targets.pixel_valid.flatten(1)
+        sampled = feature.transpose(1, 2) * sample_valid[..., None]  # [B, P, D]
+        sampled_id = mask_id.clamp(min=0)
+    else:
+        indices, sample_valid = area_balanced_sample(
+            targets, sample_k, sample_temperature, generator
+        )
+        sampled = feature.gather(2, indices[:, None, :].expand(-1, feature.shape[1], -1))
+        sampled = sampled.transpose(1, 2) * sample_valid[..., None]  # [B, k, D]
+        sampled_id = mask_id.gather(1, indices).clamp(min=0)  # [B, k]
 
     # Void pixels fill the draw only when an image has fewer than k non-void pixels; they
     # are neither anchors nor candidates.
