@@ -2,8 +2,11 @@
 CMT-L-RFN and MaX-S, plus training memory per image (forward + losses + backward).
 
     python benchmarks/gpu.py [--height 800 --width 1200] [--models ...] [--compile]
+    python benchmarks/gpu.py --device cpu --models cmt-deeplab-tiny --height 65 --width 97 \
+        --repeats 1   # a smoke run of this script on a machine without a GPU (CI runs it)
 
-Needs CUDA; prints the device name beside every number. The paper's V100 figures (TF 2.7):
+Prints the device name and a markdown table (for benchmarks/README.md); training memory is
+measured on CUDA only. The paper's V100 figures (TF 2.7):
 MaX-S 11.9 FPS, CMT-S 8.1, CMT-L 6.0, CMT-L-RFN 3.2. Our target: CMT-S >= 40 FPS on one H100.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,17 +50,22 @@ def _fake_targets(batch: int, height: int, width: int, device: torch.device) -> 
 
 def training_memory_per_image(name: str, height: int, width: int, device: torch.device,
                               batch: int = 1) -> float:
-    """Peak CUDA memory of one training step (bf16 autocast) divided by the batch."""
+    """Peak memory (bytes) of one training step (bf16 autocast) divided by the batch; on CPU
+    the step runs (so a smoke run checks it) but no peak is measured: NaN."""
     model = cmt_deeplab.build_model(name).to(device).train()
-    criterion = PanopticCriterion(133)
+    criterion = PanopticCriterion(model.build_kwargs["num_classes"])
     images = torch.randn(batch, 3, height, width, device=device)
     targets = _fake_targets(batch, height, width, device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         outputs = model(images)
     losses = criterion(outputs, targets)
     losses["loss"].backward()
+    if not cuda:
+        return float("nan")
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base
     del model, outputs, losses
@@ -72,35 +81,52 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--compile", action="store_true", help="also try torch.compile")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--device", default="cuda",
+                        help="cuda (the benchmark) or cpu (a smoke run: not GPU numbers)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("benchmarks/gpu.py needs a CUDA device")
-    device = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("benchmarks/gpu.py needs a CUDA device (or --device cpu for a smoke run)")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = f"{device.type} (smoke run: not GPU numbers)"
+    print(f"device: {device_name}, torch {torch.__version__}, input {args.width}x{args.height}, "
+          "batch 1, model forward (BNs folded, channels-last)\n")
     images = torch.randn(1, 3, args.height, args.width, device=device)
     channels_last = images.contiguous(memory_format=torch.channels_last)
-    print(f"{'model':20} {'fp32 FPS':>9} {'bf16 FPS':>9} {'compiled':>9} {'train mem/img':>14} {'paper V100 FPS':>15}")
+    print("| model | fp32 FPS | bf16 FPS | bf16 compiled FPS | training memory / image | "
+          "paper V100 FPS |")
+    print("|---|---|---|---|---|---|")
     for name in args.models.split(","):
         model = optimize_for_inference(cmt_deeplab.build_model(name).to(device))
+
+        def fps(call: Callable[[], object]) -> float:
+            return 1 / median_seconds(call, args.repeats, 3, device.type)
+
         with torch.inference_mode():
-            fp32 = 1 / median_seconds(lambda m=model: m(channels_last), args.repeats, 3, "cuda")
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                bf16 = 1 / median_seconds(lambda m=model: m(channels_last), args.repeats, 3, "cuda")
+            fp32 = fps(lambda m=model: m(channels_last))
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                bf16 = fps(lambda m=model: m(channels_last))
             compiled = float("nan")
             if args.compile:
                 try:
                     fast = torch.compile(model, dynamic=False)
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        compiled = 1 / median_seconds(lambda m=fast: m(channels_last), args.repeats, 3, "cuda")
+                    with torch.autocast(device.type, dtype=torch.bfloat16):
+                        compiled = fps(lambda m=fast: m(channels_last))
                 except Exception as error:  # noqa: BLE001 - the compile path is optional
                     print(f"torch.compile failed for {name}: {error}")
         del model
-        torch.cuda.empty_cache()
-        memory = float("nan") if args.no_memory else training_memory_per_image(name, args.height, args.width, device) / 2**30
-        print(f"{name:20} {fp32:9.1f} {bf16:9.1f} {compiled:9.1f} {memory:11.1f} GiB {PAPER_FPS.get(name, float('nan')):15.1f}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        memory = float("nan") if args.no_memory else (
+            training_memory_per_image(name, args.height, args.width, device) / 2**30)
+        paper = PAPER_FPS.get(name, float("nan"))
+        print(f"| {name} | {fp32:.1f} | {bf16:.1f} | {compiled:.1f} | {memory:.2f} GiB | "
+              f"{paper:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
