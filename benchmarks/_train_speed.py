@@ -2,8 +2,12 @@
 
 One step = forward, every loss term with Hungarian matching, backward and the optimizer, as
 ``Trainer`` runs it. MACs of a step are counted with FlopCounterMode (forward + backward, FLOPs
-/ 2) for every model alike; the models are timed in alternating rounds so that load changes
-hit all of them.
+/ 2) for every model alike. CMT-DeepLab-S and Mask2Former-R50 (a ratio) are timed in
+alternating rounds so that load changes hit both. The tiny preset's images/s (an absolute
+target) is timed as a training run takes its steps: back to back, before the large models
+exist; interleaved with the 7-second CMT-S step (cold caches, a heap reshaped by gigabytes of
+activations) the same tiny step measured ~15% slower (2026-11-28: 33.3-35.0 against
+40.8-42.0 images/s, batch 8).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 
 import hf_models
 import torch
-from _common import alternating_medians, count_forward_macs, report_load
+from _common import alternating_medians, count_forward_macs, median_seconds, report_load
 
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
 from cmt_deeplab.engine.config import load_train_config
@@ -71,9 +75,14 @@ def run(threads: int, rounds: int, tiny_batches: tuple[int, ...], large_size: in
         root = Path(tmp)
         generate_synthetic_dataset(root, "train", num_images=64, size=96, seed=0, workers=1)
         steps: dict[str, tuple[Callable[[], None], int]] = {}
+        macs: dict[str, int] = {}
+        seconds: dict[str, float] = {}
         for batch in tiny_batches:
-            steps[f"cmt-deeplab-tiny 97x97 batch {batch}"] = _trainer_step(
-                "synthetic_cmt_deeplab_tiny", {}, root, (97, 97), batch)
+            name = f"cmt-deeplab-tiny 97x97 batch {batch}"
+            steps[name] = _trainer_step("synthetic_cmt_deeplab_tiny", {}, root, (97, 97), batch)
+            step = steps[name][0]
+            macs[name] = count_forward_macs(step)
+            seconds[name] = median_seconds(step, repeats=10 * rounds, warmup=5)
         large = (large_size, large_size)
         steps[f"cmt-deeplab-s {large_size}x{large_size} batch 1"] = _trainer_step(
             "coco_cmt_deeplab_s", {"run.device": "cpu", "run.amp": "none"}, None, large, 1)
@@ -83,13 +92,11 @@ def run(threads: int, rounds: int, tiny_batches: tuple[int, ...], large_size: in
         elif peers:
             print("transformers is not installed: pip install -c constraints.txt -e '.[bench]' "
                   "for the Mask2Former peer")
-        macs = {}
-        for name, (step, _) in steps.items():
+        ratio_steps = {name: step for name, (step, _) in steps.items() if name not in seconds}
+        for name, step in ratio_steps.items():
             step()  # warm-up (and optimizer state allocation)
             macs[name] = count_forward_macs(step)
-        # Tiny steps are short: five per round keep the timer's resolution out of the way.
-        seconds = alternating_medians({name: step for name, (step, _) in steps.items()}, rounds,
-                                      {name: 5 for name in steps if "tiny" in name})
+        seconds.update(alternating_medians(ratio_steps, rounds))
     print(f"\n{'training step':38} {'s/step':>8} {'img/s':>7} {'GMACs':>8} {'GMAC/s':>7}")
     speed = {}
     for name, (_, batch) in steps.items():
