@@ -85,9 +85,9 @@ def main() -> None:
                         help="cuda (the benchmark) or cpu (a smoke run: not GPU numbers)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("benchmarks/gpu.py needs a CUDA device (or --device cpu for a smoke run)")
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit("benchmarks/gpu.py needs a CUDA device (or --device cpu for a smoke run)")
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -101,12 +101,12 @@ def main() -> None:
     print("| model | fp32 FPS | bf16 FPS | bf16 compiled FPS | training memory / image | "
           "paper V100 FPS |")
     print("|---|---|---|---|---|---|")
+
+    def fps(call: Callable[[], object]) -> float:
+        return 1 / median_seconds(call, args.repeats, 3, device.type)
+
     for name in args.models.split(","):
         model = optimize_for_inference(cmt_deeplab.build_model(name).to(device))
-
-        def fps(call: Callable[[], object]) -> float:
-            return 1 / median_seconds(call, args.repeats, 3, device.type)
-
         with torch.inference_mode():
             fp32 = fps(lambda m=model: m(channels_last))
             with torch.autocast(device.type, dtype=torch.bfloat16):
