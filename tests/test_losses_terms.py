@@ -252,6 +252,28 @@ def test_similarity_logsumexp_equals_reference(with_void: bool) -> None:
     torch.testing.assert_close(ours_input.grad.double(), reference_input.grad, atol=1e-5, rtol=1e-5)
 
 
+def test_similarity_logsumexp_exact_for_rows_of_any_norm_up_to_the_bound() -> None:
+    """One shift per image (the largest |f|^2 / tau) keeps every row exact, the small ones too:
+    norms from 0 to 2.5 (shift 20.8), void anchors included (their sums run over candidates)."""
+    from cmt_deeplab.losses.instance_discrimination import similarity_logsumexp
+
+    generator = torch.Generator().manual_seed(5)
+    norms = torch.rand(2, 30, 1, generator=generator, dtype=torch.float64) * 2.5
+    feature = F.normalize(torch.randn(2, 30, 6, generator=generator, dtype=torch.float64), dim=-1)
+    feature = feature * norms
+    valid = torch.rand(2, 30, generator=generator) > 0.25
+    ours_input = feature.float().requires_grad_()
+    reference_input = feature.clone().requires_grad_()
+    ours = similarity_logsumexp(ours_input, 0.3, valid)
+    logits = reference_input @ reference_input.transpose(1, 2) / 0.3
+    reference = logits.masked_fill(~valid[:, None, :], float("-inf")).logsumexp(-1)
+    weight = torch.randn(2, 30, generator=generator, dtype=torch.float64)
+    (ours.double() * weight).sum().backward()
+    (reference * weight).sum().backward()
+    torch.testing.assert_close(ours.double(), reference, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(ours_input.grad.double(), reference_input.grad, atol=1e-4, rtol=1e-4)
+
+
 def test_similarity_logsumexp_without_candidates_stays_finite() -> None:
     from cmt_deeplab.losses.instance_discrimination import similarity_logsumexp
 

@@ -41,6 +41,11 @@ class PQLossWeights:
     class_weight: Tensor
     dice_weight: Tensor
 
+    def repeat(self, times: int) -> PQLossWeights:
+        """The batch repeated ``times`` times along its first axis (stacked outputs)."""
+        return PQLossWeights(*(value.repeat(times, 1) for value in
+                               (self.class_target, self.class_weight, self.dice_weight)))
+
 
 @torch.no_grad()
 def pq_loss_weights(

@@ -60,6 +60,15 @@ class PanopticTargets:
     def to(self, device: torch.device | str) -> PanopticTargets:
         return PanopticTargets(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
+    def repeat(self, times: int) -> PanopticTargets:
+        """The batch repeated ``times`` times along its first axis (``[times x B, ...]``)."""
+        return PanopticTargets(**{f.name: _repeat_batch(getattr(self, f.name), times)
+                                  for f in fields(self)})
+
+
+def _repeat_batch(tensor: Tensor, times: int) -> Tensor:
+    return tensor if times == 1 else tensor.repeat(times, *([1] * (tensor.dim() - 1)))
+
 
 def _image_name(sample: Mapping[str, Any], index: int) -> str:
     return f"image {sample.get('image_id', index)!r} (batch index {index})"
