@@ -4,6 +4,8 @@ and a short real run whose output directory ``predict``'s loader can read."""
 from __future__ import annotations
 
 import json
+import mmap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -37,6 +39,19 @@ def test_dry_run_on_random_data_reports_memory_and_writes_nothing(tmp_path, monk
     assert report["peak_memory_bytes"] >= 0 and report["micro_batch"] == 2
     assert report["crop"] == [33, 33] and report["loss"] > 0
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_dry_run_memory_is_the_steps_own_after_a_larger_earlier_peak(capsys):
+    """A process that held 512 MiB before still reports its dry-run step (tens of MiB), not
+    the old peak: the peak resident size is reset before the step."""
+    held = mmap.mmap(-1, 512 << 20)
+    for offset in range(0, len(held), 4096):
+        held[offset] = 1  # touch every page: resident
+    held.close()
+    assert cli_main.main(["train", *TINY, "--dry-run"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[1])
+    assert 0 <= report["peak_memory_bytes"] < 256 << 20
 
 
 def test_dry_run_on_real_data_with_accumulation(data_root, capsys):
