@@ -100,3 +100,14 @@ def test_axial_attention_2d_stride_subsamples_both_axes():
 def test_rpe_tables_have_509_rows_whatever_the_input():
     module = AxialAttention(16, 8, 16, num_heads=4)
     assert module.query_rpe.shape == (509, 2) and module.value_rpe.shape == (509, 4)
+
+
+def test_relative_index_cached_under_inference_mode_still_trains():
+    """The index is cached; one made first under inference mode must not break a later
+    training backward (which saves it)."""
+    layer = AxialAttention(8, 8, 8, num_heads=2)
+    with torch.inference_mode():
+        layer.eval()(torch.randn(2, 11, 8))
+    assert not relative_index(11).is_inference()
+    layer.train()(torch.randn(2, 11, 8)).sum().backward()
+    assert layer.query_rpe.grad is not None

@@ -18,6 +18,8 @@ against the gathered ``[L, L, d]`` table: that keeps them GEMM-bound at large L
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,10 +31,21 @@ MAX_SPAN = 255
 
 
 def relative_index(length: int, device: torch.device | None = None) -> torch.Tensor:
-    """``[L, L]`` rows of the relative table for query o and key p: ``p - o + MAX_SPAN - 1``."""
-    positions = torch.arange(length, device=device)
-    index = positions[None, :] - positions[:, None] + MAX_SPAN - 1
-    return index.clamp_(0, 2 * MAX_SPAN - 2)
+    """``[L, L]`` rows of the relative table for query o and key p: ``p - o + MAX_SPAN - 1``.
+
+    Cached per (length, device): every axial layer asks for it on every forward. Read-only.
+    """
+    return _relative_index(length, None if device is None else torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _relative_index(length: int, device: torch.device | None) -> torch.Tensor:
+    # A normal tensor even when first asked for under inference mode: a later training
+    # forward saves it for the backward of the table lookup.
+    with torch.inference_mode(False):
+        positions = torch.arange(length, device=device)
+        index = positions[None, :] - positions[:, None] + MAX_SPAN - 1
+        return index.clamp_(0, 2 * MAX_SPAN - 2)
 
 
 def _bn(channels: int) -> nn.BatchNorm1d:
