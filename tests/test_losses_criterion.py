@@ -300,3 +300,33 @@ def test_image_without_ground_truth_masks():
     first = single(only_first, samples[:1])
     for term in ("loss_pq_dice", "loss_mask_id", "loss_instance", "aux_0_loss_mask_id"):
         assert losses[term].item() == pytest.approx(first[term].item() / 2, rel=1e-5), term
+
+
+@pytest.mark.parametrize("sample_k", [0, 4096, 10])
+def test_stacked_outputs_equal_one_output_at_a_time(sample_k):
+    """Deep supervision runs every term once over the outputs stacked along the batch; each
+    output's terms equal those computed for it alone (same matching, same sampling draws),
+    also when one output has a different pixel-feature width and goes its own way."""
+    from cmt_deeplab.losses.criterion import pq_loss_weights, slot_for_gt
+    from cmt_deeplab.losses.mask_id_loss import pixel_target_slot
+
+    outputs = _random_outputs(num_aux=3)
+    gen = torch.Generator().manual_seed(9)
+    outputs["aux_outputs"][1]["pixel_feature"] = F.normalize(
+        torch.randn(B, D + 4, h, w, generator=gen), dim=1)
+    criterion = _criterion(seed=3, instance_sample_k=sample_k)
+    stacked = criterion(outputs, _samples())
+
+    alone = _criterion(seed=3, instance_sample_k=sample_k)
+    targets = build_targets(_samples())
+    slots = slot_for_gt(alone.matcher(outputs, targets), G, "cpu")
+    weights = pq_loss_weights(outputs["pred_logits"], outputs["pred_masks"], targets, slots)
+    target_slot = pixel_target_slot(targets, slots)
+    everything = [outputs, *outputs["aux_outputs"]]
+    # Outputs of one shape share a draw, in output order: reproduce that order.
+    for index in [0, 1, 3, 2]:
+        terms = alone._batch_terms(everything[index], targets, slots, weights, target_slot)
+        prefix = "" if index == 0 else f"aux_{index - 1}_"
+        for name, value in terms.items():
+            torch.testing.assert_close(stacked[prefix + name], value.mean(), rtol=1e-6,
+                                       atol=1e-7)
