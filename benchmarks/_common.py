@@ -19,6 +19,23 @@ def report_load() -> str:
     return f"load average {one:.2f} / {five:.2f} on {cpus} CPUs{note}"
 
 
+def host_probe() -> str:
+    """How fast the host is right now: per-op overhead (mean microseconds of an in-place add on
+    a 4-element tensor) and a 512^3 fp32 GEMM's GMAC/s. A tiny-model training step is bound by
+    ~10k such dispatches plus small GEMMs; on a shared host both move within minutes (the op
+    2.5-5.0 us, the GEMM ~50-85 GMAC/s on 2026-11-28), so printing them beside a step time tells
+    a slow host from a slow change."""
+    x = torch.zeros(4)
+    for _ in range(1000):
+        x.add_(1)
+    repeats = 20_000
+    start = time.perf_counter()
+    for _ in range(repeats):
+        x.add_(1)
+    per_op = (time.perf_counter() - start) / repeats * 1e6
+    return f"host probe: {per_op:.2f} us/op, GEMM {gemm_peak_gmacs(512, repeats=20):.0f} GMAC/s"
+
+
 def gemm_peak_gmacs(size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     """Best-of-``repeats`` fp32 square GEMM throughput in GMAC/s: the roof to compare with."""
     a = torch.randn(size, size, device=device)

@@ -19,7 +19,13 @@ from pathlib import Path
 
 import hf_models
 import torch
-from _common import alternating_medians, count_forward_macs, median_seconds, report_load
+from _common import (
+    alternating_medians,
+    count_forward_macs,
+    host_probe,
+    median_seconds,
+    report_load,
+)
 
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
 from cmt_deeplab.engine.config import load_train_config
@@ -82,7 +88,9 @@ def run(threads: int, rounds: int, tiny_batches: tuple[int, ...], large_size: in
             steps[name] = _trainer_step("synthetic_cmt_deeplab_tiny", {}, root, (97, 97), batch)
             step = steps[name][0]
             macs[name] = count_forward_macs(step)
+            print(f"{name}: before, {host_probe()}", flush=True)
             seconds[name] = median_seconds(step, repeats=10 * rounds, warmup=5)
+            print(f"{name}: after, {host_probe()}", flush=True)
         large = (large_size, large_size)
         steps[f"cmt-deeplab-s {large_size}x{large_size} batch 1"] = _trainer_step(
             "coco_cmt_deeplab_s", {"run.device": "cpu", "run.amp": "none"}, None, large, 1)
