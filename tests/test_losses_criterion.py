@@ -302,13 +302,19 @@ def test_image_without_ground_truth_masks():
         assert losses[term].item() == pytest.approx(first[term].item() / 2, rel=1e-5), term
 
 
+@pytest.mark.parametrize("stack_bytes", [None, 1])
 @pytest.mark.parametrize("sample_k", [0, 4096, 10])
-def test_stacked_outputs_equal_one_output_at_a_time(sample_k):
+def test_stacked_outputs_equal_one_output_at_a_time(sample_k, stack_bytes, monkeypatch):
     """Deep supervision runs every term once over the outputs stacked along the batch; each
     output's terms equal those computed for it alone (same matching, same sampling draws),
-    also when one output has a different pixel-feature width and goes its own way."""
+    also when one output has a different pixel-feature width and goes its own way, and when
+    the stacking budget keeps every output alone."""
+    from cmt_deeplab.losses import criterion as criterion_module
     from cmt_deeplab.losses.criterion import pq_loss_weights, slot_for_gt
     from cmt_deeplab.losses.mask_id_loss import pixel_target_slot
+
+    if stack_bytes is not None:
+        monkeypatch.setattr(criterion_module, "_STACK_BYTES", stack_bytes)
 
     outputs = _random_outputs(num_aux=3)
     gen = torch.Generator().manual_seed(9)

@@ -119,6 +119,10 @@ class LossConfig:
         return dataclasses.asdict(self)
 
 
+#: At most this many bytes of outputs are stacked into one pass of the per-output terms.
+_STACK_BYTES = 64 << 20
+
+
 class PanopticCriterion(nn.Module):
     """Computes every loss term of one batch.
 
@@ -241,7 +245,9 @@ class PanopticCriterion(nn.Module):
         outputs of equal shapes are stacked along the batch (``[L x B, ...]``) and each term
         runs once for all of them: the same values as one output at a time, with a quarter of
         the kernel launches and autograd nodes for a four-layer decoder (the tiny CPU step is
-        bound by those).
+        bound by those). Stacking copies the outputs, so only up to ``_STACK_BYTES`` of them
+        go together: at COCO crops (~70 MB of masks and features per image and output) each
+        output is still computed alone, where launches do not matter.
         """
         keys = ["pred_logits", "pred_masks"]
         if self.config.instance_weight > 0:
@@ -250,7 +256,12 @@ class PanopticCriterion(nn.Module):
         for index, output in enumerate(outputs):
             groups.setdefault(tuple(tuple(output[key].shape) for key in keys), []).append(index)
         terms: list[dict[str, Tensor]] = [{} for _ in outputs]
+        chunks = []
         for members in groups.values():
+            size = sum(outputs[members[0]][key].nbytes for key in keys)
+            per_chunk = max(1, _STACK_BYTES // size)
+            chunks += [members[i:i + per_chunk] for i in range(0, len(members), per_chunk)]
+        for members in chunks:
             count = len(members)
             stacked = {key: torch.cat([outputs[i][key] for i in members]) for key in keys}
             values = self._batch_terms(
