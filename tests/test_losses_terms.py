@@ -231,47 +231,46 @@ def test_mask_approximation_by_hand():
     assert ref_sigma.grad[0, 1].tolist() == pytest.approx([1.0, -1.0])
 
 
+def _check_logsumexp_against_reference(
+    feature: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor | None, tolerance: float,
+    generator: torch.Generator,
+) -> None:
+    """``similarity_logsumexp`` (float32) equals masked ``logsumexp(f f^T / 0.3)`` (float64) in
+    value and gradient."""
+    from cmt_deeplab.losses.instance_discrimination import similarity_logsumexp
+
+    ours_input = feature.float().requires_grad_()
+    reference_input = feature.clone().requires_grad_()
+    ours = similarity_logsumexp(ours_input, 0.3, candidates)
+    logits = reference_input @ reference_input.transpose(1, 2) / 0.3
+    reference = logits.masked_fill(~valid[:, None, :], float("-inf")).logsumexp(-1)
+    weight = torch.randn(reference.shape, generator=generator, dtype=torch.float64)
+    (ours.double() * weight).sum().backward()
+    (reference * weight).sum().backward()
+    torch.testing.assert_close(ours.double(), reference, atol=tolerance, rtol=1e-5)
+    torch.testing.assert_close(ours_input.grad.double(), reference_input.grad, atol=tolerance,
+                               rtol=tolerance)
+
+
 @pytest.mark.parametrize("with_void", [False, True])
 def test_similarity_logsumexp_equals_reference(with_void: bool) -> None:
     """The fused log-partition equals masked ``logsumexp(f f^T / tau)`` in value and gradient."""
-    from cmt_deeplab.losses.instance_discrimination import similarity_logsumexp
-
     generator = torch.Generator().manual_seed(3)
     valid = torch.rand(3, 40, generator=generator) > (0.3 if with_void else -1.0)
     feature = F.normalize(torch.randn(3, 40, 8, generator=generator, dtype=torch.float64), dim=-1)
     feature = feature * valid[..., None]
-    ours_input = feature.float().requires_grad_()
-    reference_input = feature.clone().requires_grad_()
-    ours = similarity_logsumexp(ours_input, 0.3, valid if with_void else None)
-    logits = reference_input @ reference_input.transpose(1, 2) / 0.3
-    reference = logits.masked_fill(~valid[:, None, :], float("-inf")).logsumexp(-1)
-    weight = torch.randn(3, 40, generator=generator, dtype=torch.float64)
-    (ours.double() * weight).sum().backward()
-    (reference * weight).sum().backward()
-    torch.testing.assert_close(ours.double(), reference, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours_input.grad.double(), reference_input.grad, atol=1e-5, rtol=1e-5)
+    _check_logsumexp_against_reference(feature, valid, valid if with_void else None, 1e-5,
+                                       generator)
 
 
 def test_similarity_logsumexp_exact_for_rows_of_any_norm_up_to_the_bound() -> None:
     """One shift per image (the largest |f|^2 / tau) keeps every row exact, the small ones too:
     norms from 0 to 2.5 (shift 20.8), void anchors included (their sums run over candidates)."""
-    from cmt_deeplab.losses.instance_discrimination import similarity_logsumexp
-
     generator = torch.Generator().manual_seed(5)
     norms = torch.rand(2, 30, 1, generator=generator, dtype=torch.float64) * 2.5
     feature = F.normalize(torch.randn(2, 30, 6, generator=generator, dtype=torch.float64), dim=-1)
-    feature = feature * norms
     valid = torch.rand(2, 30, generator=generator) > 0.25
-    ours_input = feature.float().requires_grad_()
-    reference_input = feature.clone().requires_grad_()
-    ours = similarity_logsumexp(ours_input, 0.3, valid)
-    logits = reference_input @ reference_input.transpose(1, 2) / 0.3
-    reference = logits.masked_fill(~valid[:, None, :], float("-inf")).logsumexp(-1)
-    weight = torch.randn(2, 30, generator=generator, dtype=torch.float64)
-    (ours.double() * weight).sum().backward()
-    (reference * weight).sum().backward()
-    torch.testing.assert_close(ours.double(), reference, atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(ours_input.grad.double(), reference_input.grad, atol=1e-4, rtol=1e-4)
+    _check_logsumexp_against_reference(feature * norms, valid, valid, 1e-4, generator)
 
 
 def test_similarity_logsumexp_without_candidates_stays_finite() -> None:
