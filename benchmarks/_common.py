@@ -23,7 +23,7 @@ def host_probe() -> str:
     """How fast the host is right now: per-op overhead (mean microseconds of an in-place add on
     a 4-element tensor) and a 512^3 fp32 GEMM's GMAC/s. A tiny-model training step is bound by
     ~10k such dispatches plus small GEMMs; on a shared host both move within minutes (the op
-    2.5-5.0 us, the GEMM ~50-85 GMAC/s on 2026-11-28), so printing them beside a step time tells
+    2.5-5.0 us, the GEMM ~50-100 GMAC/s on 2026-11-28), so printing them beside a step time tells
     a slow host from a slow change."""
     x = torch.zeros(4)
     for _ in range(1000):
