@@ -162,7 +162,7 @@ class Trainer:
             self.model = unwrap_model(self.train_model)  # SyncBatchNorm layers inside
         self.optimizer = build_optimizer(self.model, config.optimizer)
         # Walking the module tree for the parameters costs ~2 ms a step on a tiny model.
-        self._trainable = list(self.model.parameters())
+        self._parameters_list = list(self.model.parameters())
         self.scheduler = build_scheduler(self.optimizer, config.schedule, run.steps)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.step = 0
@@ -534,7 +534,7 @@ class Trainer:
         applies.
         """
         run = self.config.run
-        params = [p for p in self._trainable if p.grad is not None]
+        params = [p for p in self._parameters_list if p.grad is not None]
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
             if run.grad_clip > 0:

@@ -35,7 +35,7 @@ from cmt_deeplab.losses.pq_loss import (
     pq_loss_weights,
 )
 from cmt_deeplab.losses.semantic_loss import semantic_loss
-from cmt_deeplab.losses.targets import PanopticTargets, build_targets
+from cmt_deeplab.losses.targets import PanopticTargets, build_targets, repeat_batch
 
 
 @dataclass
@@ -265,8 +265,8 @@ class PanopticCriterion(nn.Module):
             count = len(members)
             stacked = {key: torch.cat([outputs[i][key] for i in members]) for key in keys}
             values = self._batch_terms(
-                stacked, targets.repeat(count), slots.repeat(count, 1), weights.repeat(count),
-                target_slot.repeat(count, 1),
+                stacked, targets.repeat(count), repeat_batch(slots, count), weights.repeat(count),
+                repeat_batch(target_slot, count),
             )
             for name, value in values.items():
                 for i, per_output in zip(members, value.view(count, -1).mean(1), strict=True):

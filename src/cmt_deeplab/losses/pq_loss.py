@@ -20,7 +20,7 @@ from torch import Tensor
 from cmt_deeplab.losses.matcher import pq_similarity
 from cmt_deeplab.losses.reduction import mean_over_nonzero
 from cmt_deeplab.losses.similarity import overlap_over_prediction
-from cmt_deeplab.losses.targets import PanopticTargets
+from cmt_deeplab.losses.targets import PanopticTargets, repeat_batch
 
 _MIN_WEIGHT = 1e-5
 
@@ -43,7 +43,7 @@ class PQLossWeights:
 
     def repeat(self, times: int) -> PQLossWeights:
         """The batch repeated ``times`` times along its first axis (stacked outputs)."""
-        return PQLossWeights(*(value.repeat(times, 1) for value in
+        return PQLossWeights(*(repeat_batch(value, times) for value in
                                (self.class_target, self.class_weight, self.dice_weight)))
 
 

@@ -62,11 +62,12 @@ class PanopticTargets:
 
     def repeat(self, times: int) -> PanopticTargets:
         """The batch repeated ``times`` times along its first axis (``[times x B, ...]``)."""
-        return PanopticTargets(**{f.name: _repeat_batch(getattr(self, f.name), times)
+        return PanopticTargets(**{f.name: repeat_batch(getattr(self, f.name), times)
                                   for f in fields(self)})
 
 
-def _repeat_batch(tensor: Tensor, times: int) -> Tensor:
+def repeat_batch(tensor: Tensor, times: int) -> Tensor:
+    """``[B, ...] -> [times x B, ...]``: the batch repeated along the first axis."""
     return tensor if times == 1 else tensor.repeat(times, *([1] * (tensor.dim() - 1)))
 
 

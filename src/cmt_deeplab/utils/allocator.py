@@ -7,7 +7,8 @@ the top of its heap beyond the trim threshold; either way the next step page-fau
 memory back in, 4 KiB at a time, in the kernel. ``benchmarks/cpu_allocator.py`` (2 cores):
 a ``cmt-deeplab-tiny`` step on a 705x1025 crop ran 1.44x faster with the thresholds raised
 (415k -> 48k page faults a step), a 97x97 batch-8 step 1.25x. This is what the jemalloc /
-tcmalloc preloads of PyTorch's CPU performance guide do, without a preload. Peak memory does not change; memory freed after the peak stays with the process.
+tcmalloc preloads of PyTorch's CPU performance guide do, without a preload. Peak memory does not
+change; memory freed after the peak stays with the process.
 """
 
 from __future__ import annotations
