@@ -15,7 +15,11 @@ from cmt_deeplab.inference.post_processing import (
     maskwise_panoptic,
     pixelwise_panoptic,
 )
-from cmt_deeplab.inference.resize import bilinear_resize_matrix, logits_to_output_matrix
+from cmt_deeplab.inference.resize import (
+    bilinear_resize_matrix,
+    logits_to_output_matrix,
+    stride_grid_matrix,
+)
 
 # Contiguous order: 0 person, 1 car (things), 2 sky, 3 grass (stuff); void = channel 4.
 INFO = DatasetInfo(
@@ -71,6 +75,20 @@ def test_resize_matrices_match_interpolate() -> None:
     rows = logits_to_output_matrix(17, 65, 50, 123)
     cols = logits_to_output_matrix(21, 81, 77, 99)
     torch.testing.assert_close(rows @ masks @ cols.T, expected)
+
+
+def test_stride_grid_upsampling_puts_sample_j_on_pixel_4j() -> None:
+    # 32k+1 lengths: the same as align_corners=True.
+    torch.testing.assert_close(stride_grid_matrix(25, 97), bilinear_resize_matrix(25, 97, True))
+    # A 96-pixel input has 24 samples on pixels 0, 4, ..., 92; pixels 93-95 hold sample 23.
+    samples = torch.arange(24, dtype=torch.float64)
+    pixels = stride_grid_matrix(24, 96) @ samples
+    torch.testing.assert_close(pixels[:93], torch.arange(93, dtype=torch.float64) / 4)
+    assert pixels[93:].tolist() == [23.0, 23.0, 23.0]
+    # align_corners=True would have stretched the grid: sample 23 on pixel 95, not 92.
+    assert (bilinear_resize_matrix(24, 96, True) @ samples)[92] < 22.9
+    # Post-processing infers the stride from the lengths (ceil(96 / 24) = 4).
+    torch.testing.assert_close(logits_to_output_matrix(24, 96, 96, 96), stride_grid_matrix(24, 96))
 
 
 def test_pixelwise_thresholds_and_void() -> None:
