@@ -83,9 +83,10 @@ def run(threads: int, rounds: int, tiny_batches: tuple[int, ...], large_size: in
         steps: dict[str, tuple[Callable[[], None], int]] = {}
         macs: dict[str, int] = {}
         seconds: dict[str, float] = {}
+        crop = tuple(load_train_config("synthetic_cmt_deeplab_tiny").input.crop)
         for batch in tiny_batches:
-            name = f"cmt-deeplab-tiny 97x97 batch {batch}"
-            steps[name] = _trainer_step("synthetic_cmt_deeplab_tiny", {}, root, (97, 97), batch)
+            name = f"cmt-deeplab-tiny {crop[0]}x{crop[1]} batch {batch}"
+            steps[name] = _trainer_step("synthetic_cmt_deeplab_tiny", {}, root, crop, batch)
             step = steps[name][0]
             macs[name] = count_forward_macs(step)
             print(f"{name}: before, {host_probe()}", flush=True)

@@ -6,7 +6,7 @@ training step: seconds and page faults per step with it on and off, same run.
 The setting is per process and cannot be undone inside one, so each measurement is a fresh
 process (``--child``), alternating on/off for ``--rounds`` rounds; medians are compared.
 Workloads: ``cmt-deeplab-tiny`` (133 classes, 64 slots) at the COCO-overfit canvas (705x1025,
-batch 2) and at the synthetic benchmark's 97x97 crop (batch 8), on random batches.
+batch 2) and at 97x97 (batch 8; the synthetic benchmark's crop until 2026-11-28), on random batches.
 """
 
 from __future__ import annotations

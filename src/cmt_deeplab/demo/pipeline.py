@@ -80,7 +80,7 @@ def prepare_data(root: Path, settings: DemoSettings, seed: int) -> None:
 def _train_config(root: Path, settings: DemoSettings, seed: int):
     from cmt_deeplab.engine.config import load_train_config
 
-    crop = settings.image_size + 1  # 32k + 1 keeps every stride corner-aligned
+    crop = settings.image_size  # the images themselves, as the preset (no padding)
     return load_train_config("synthetic_cmt_deeplab_tiny", values={
         "data.root": str(root), "input.crop": [crop, crop], "input.eval_size": [crop, crop],
         "run.steps": settings.steps, "run.batch_size": settings.batch_size, "run.seed": seed,
@@ -234,7 +234,7 @@ def run_demo(out: str | Path, quick: bool = False, images: list[str] | None = No
     metrics = evaluate(root, run_dir, out)
     predictions = predict(root, run_dir, out, settings, user_images)
     density = maps(root, run_dir, out)
-    costs = cost(out, settings, settings.image_size + 1)
+    costs = cost(out, settings, settings.image_size)
     context: dict[str, Any] = {
         "settings": asdict(settings), "quick": quick, "training": training, "metrics": metrics,
         "predictions": predictions, "density": density, "cost": costs,

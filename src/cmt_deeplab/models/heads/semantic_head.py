@@ -53,8 +53,8 @@ class ASPP(nn.Module):
 
 def _atrous_branch(branch: ConvBN, x: torch.Tensor) -> torch.Tensor:
     """``branch(x)``; where the rate is at least the feature size (small crops: rates 12 and 18
-    on a 7x7 map), every off-centre tap reads zero padding, so the centre tap alone gives the
-    same output and gradients at 1/9 of the cost."""
+    on a 97px crop's 7x7 map, all three on a 96px crop's 6x6), every off-centre tap reads zero
+    padding, so the centre tap alone gives the same output and gradients at 1/9 of the cost."""
     conv, bn, act = branch
     rate = conv.dilation[0]
     if rate > 1 and rate >= max(x.shape[-2:]):
