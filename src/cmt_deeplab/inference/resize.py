@@ -38,7 +38,7 @@ def stride_grid_matrix(
 
     Sample ``j`` of a stride-``s`` map sits on pixel ``s j`` (strided 'same' convolutions, and
     ground truth sliced ``t[..., ::s, ::s]``), so pixel ``i`` reads ``i / s``, held at the last
-    sample beyond it. For ``out_len = s (in_len - 1) + 1`` (32k+1 crops) this is
+    sample beyond it. For ``out_len = s (in_len - 1) + 1`` (e.g. 32k+1 crops) this is
     ``align_corners=True``; for other lengths (a 96-pixel input, 24 samples) that would stretch
     the grid by up to ``s - 1`` pixels at the far edge.
     """
@@ -79,13 +79,13 @@ def logits_to_output_matrix(
         out_len: length of the original image along this axis.
 
     The upsampling follows the corner-aligned stride-4 grid of the mask logits (ground truth
-    is ``t[..., ::4, ::4]``; ``align_corners=True`` for 32k+1 inputs). The last step inverts the image
-    resize of ``cmt_deeplab.data.transforms`` (and of the Predictor), which uses half-pixel
-    centres (``align_corners=False``), so it uses them too.
+    is ``t[..., ::4, ::4]``; ``align_corners=True`` for 32k+1 inputs). The last step inverts
+    the image resize of ``cmt_deeplab.data.transforms`` (and of the Predictor), which uses
+    half-pixel centres (``align_corners=False``), so it uses them too.
     """
     if not 1 <= valid_len <= input_len:
         raise ValueError(f"valid size {valid_len} must lie in [1, input size {input_len}]")
-    # The network's stride: ceil(input_len / stride) samples (4 for the models' mask logits).
+    # The grid's stride s, from mask_len = ceil(input_len / s): 4 for the models' mask logits.
     stride = -(-input_len // mask_len)
     upsample = stride_grid_matrix(mask_len, input_len, stride, device)[:valid_len]
     resize = bilinear_resize_matrix(valid_len, out_len, False, device)
