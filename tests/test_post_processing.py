@@ -78,7 +78,7 @@ def test_resize_matrices_match_interpolate() -> None:
 
 
 def test_stride_grid_upsampling_puts_sample_j_on_pixel_4j() -> None:
-    # 32k+1 lengths: the same as align_corners=True.
+    # 4k+1 lengths (97 = 4 * 24 + 1): the same as align_corners=True.
     torch.testing.assert_close(stride_grid_matrix(25, 97), bilinear_resize_matrix(25, 97, True))
     # A 96-pixel input has 24 samples on pixels 0, 4, ..., 92; pixels 93-95 hold sample 23.
     samples = torch.arange(24, dtype=torch.float64)
