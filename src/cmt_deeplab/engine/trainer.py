@@ -25,9 +25,7 @@ and before anything is written, so the newest checkpoint is the last good state.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import resource
 import time
 import warnings
 from collections.abc import Iterator
@@ -63,6 +61,7 @@ from cmt_deeplab.losses.criterion import PanopticCriterion
 from cmt_deeplab.utils.allocator import keep_freed_memory
 from cmt_deeplab.utils.device import resolve_device
 from cmt_deeplab.utils.io import atomic_write_json, atomic_write_text
+from cmt_deeplab.utils.process_memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
 #: Settings that do not change the trained weights (no resume warning when they change).
 _BOOKKEEPING_KEYS = {"run.num_workers", "run.keep_freed_memory", "run.log_every",
@@ -288,8 +287,8 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
             base = torch.cuda.memory_allocated(self.device)
         else:
-            _reset_peak_rss()
-            base = _current_rss_bytes()
+            reset_peak_rss()
+            base = current_rss_bytes()
         start = time.perf_counter()
         if self.train_dataset is not None:
             self._build_loader()
@@ -307,7 +306,7 @@ class Trainer:
         else:
             # The kernel folds the resident count into the peak lazily: clamp the few pages
             # by which the current size can lead it.
-            peak = max(0, _peak_rss_bytes() - base)
+            peak = max(0, peak_rss_bytes() - base)
             kind = "CPU peak RSS increase"
         seconds = time.perf_counter() - start
         return {"peak_memory_bytes": int(peak), "memory_kind": kind,
@@ -658,37 +657,6 @@ def _seed_worker(worker_id: int) -> None:
     worker_seed = torch.initial_seed() % 2**32
     random.seed(worker_seed)
     np.random.seed(worker_seed)
-
-
-def _current_rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return _peak_rss_bytes()
-
-
-def _reset_peak_rss() -> None:
-    """Starts the peak resident size afresh (Linux >= 4.0), so that a dry run inside a
-    process that has held more memory before still measures its own step."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        pass  # elsewhere the peak is the process's: an upper bound
-
-
-def _peak_rss_bytes() -> int:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    # ru_maxrss is in KiB on Linux (bytes on macOS).
-    scale = 1 if os.uname().sysname == "Darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def format_bytes(count: float) -> str:

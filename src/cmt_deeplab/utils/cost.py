@@ -4,7 +4,6 @@ columns). MACs are counted on the meta device; latency and memory need a real fo
 from __future__ import annotations
 
 import gc
-import os
 import statistics
 import threading
 import time
@@ -14,6 +13,7 @@ import torch
 
 from cmt_deeplab.models import build_model, count_parameters
 from cmt_deeplab.utils.flops import count_macs
+from cmt_deeplab.utils.process_memory import current_rss_bytes, peak_rss_bytes
 
 
 @dataclass
@@ -44,11 +44,6 @@ def count_model_parameters(name: str, **kwargs) -> tuple[int, int]:
     return count_parameters(model), count_parameters(model, paper=True)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 class _PeakRSS:
     """Samples the resident set size in a thread; ``peak`` is the largest increase seen."""
 
@@ -58,20 +53,20 @@ class _PeakRSS:
         self._stop = threading.Event()
 
     def __enter__(self) -> _PeakRSS:
-        self._base = _rss_bytes()
+        self._base = current_rss_bytes()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes() - self._base)
+            self.peak = max(self.peak, current_rss_bytes() - self._base)
             time.sleep(self.interval)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss_bytes() - self._base)
+        self.peak = max(self.peak, current_rss_bytes() - self._base)
 
 
 def measure_cost(
@@ -176,11 +171,9 @@ def _training_memory(
         torch.cuda.synchronize(device)
         peak, kind = torch.cuda.max_memory_allocated(device) - base, "cuda peak allocated"
     else:
-        import resource
-
-        base = _rss_bytes()
+        base = current_rss_bytes()
         criterion(model(images), targets)["loss"].backward()
-        # ru_maxrss (KiB) is this fresh process's peak: the step's, since the model is built.
-        peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+        # This fresh process's peak: the step's, since the model is built.
+        peak = max(0, peak_rss_bytes() - base)
         kind = "cpu peak RSS increase"
     return peak // batch_size, kind
