@@ -39,7 +39,8 @@ RECIPE = {
     "augmentation.min_scale": 1.0,
     "augmentation.max_scale": 1.0,
     "augmentation.flip_prob": 0.0,
-    "optimizer.lr": 2.0e-3,           # the tiny recipe's rate
+    "optimizer.lr": 2.0e-3,           # as measured (the tiny preset now trains at 3e-3)
+    "loss.instance_sample_k": 4096,   # the paper's; the 96px preset samples 256
     "schedule.warmup_steps": 50,
     "run.steps": 1500,
     "run.batch_size": 2,

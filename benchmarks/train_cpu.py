@@ -2,7 +2,7 @@
 
 The ``tiny`` preset is the project's own benchmark (``configs/synthetic_cmt_deeplab_tiny.yaml``):
 96x96 synthetic images (``cmt-deeplab synth``), a budget of 13,500 training images
-(3,374 steps x 4 at a 96x96 crop), PQ on 250 held-out images. The script writes the data
+(1,687 steps x 8 at a 96x96 crop), PQ on 250 held-out images. The script writes the data
 once into ``--work`` (reused by later runs), trains, evaluates and prints one JSON line with
 the PQ and the wall time.
 

@@ -44,9 +44,9 @@ class DemoSettings:
     training_memory: bool = True
 
 
-# The synthetic benchmark's recipe (configs/synthetic_cmt_deeplab_tiny.yaml: 3,374 x 4 images).
+# The synthetic benchmark's recipe (configs/synthetic_cmt_deeplab_tiny.yaml: 1,687 x 8 images).
 FULL = DemoSettings(
-    train_images=13500, val_images=250, image_size=96, steps=3374, batch_size=4,
+    train_images=13500, val_images=250, image_size=96, steps=1687, batch_size=8,
     time_limit_s=600.0, eval_every=500, log_every=25, shown_predictions=8,
     cost_models=("max-deeplab-s", "cmt-deeplab-s", "cmt-deeplab-l", "cmt-deeplab-l-rfn",
                  "cmt-deeplab-tiny"),

@@ -78,7 +78,7 @@ def pixel_contrastive_loss(
     mask_id = targets.pixel_mask_id.flatten(1)  # [B, P]
     if sample_k >= mask_id.shape[1]:
         # Every pixel would be drawn: the draw could only reorder them, which the loss does
-        # not see, so skip it (the tiny preset's 25 x 25 masks never reach k = 4096).
+        # not see, so skip it (k = 4096 on a 96px crop's 24 x 24 masks).
         sample_valid = targets.pixel_valid.flatten(1)
         sampled = feature.transpose(1, 2) * sample_valid[..., None]  # [B, P, D]
         sampled_id = mask_id.clamp(min=0)
