@@ -83,7 +83,8 @@ def run(threads: int, rounds: int, tiny_batches: tuple[int, ...], large_size: in
         steps: dict[str, tuple[Callable[[], None], int]] = {}
         macs: dict[str, int] = {}
         seconds: dict[str, float] = {}
-        crop = tuple(load_train_config("synthetic_cmt_deeplab_tiny").input.crop)
+        preset = load_train_config("synthetic_cmt_deeplab_tiny")
+        crop = tuple(preset.input.crop)
         for batch in tiny_batches:
             name = f"cmt-deeplab-tiny {crop[0]}x{crop[1]} batch {batch}"
             steps[name] = _trainer_step("synthetic_cmt_deeplab_tiny", {}, root, crop, batch)
@@ -112,12 +113,11 @@ def run(threads: int, rounds: int, tiny_batches: tuple[int, ...], large_size: in
         speed[name] = macs[name] / 1e9 / seconds[name]
         print(f"{name:38} {seconds[name]:8.3f} {batch / seconds[name]:7.1f} {macs[name] / 1e9:8.1f} "
               f"{speed[name]:7.1f}")
-    preset_batch = load_train_config("synthetic_cmt_deeplab_tiny").run.batch_size
     for name in steps:
         if name.startswith("cmt-deeplab-tiny"):
             batch = steps[name][1]
-            target = ("the preset's batch: target >= 40 on 2 cores" if batch == preset_batch
-                      else f"the preset trains at batch {preset_batch}")
+            target = ("the preset's batch: target >= 40 on 2 cores" if batch == preset.run.batch_size
+                      else f"the preset trains at batch {preset.run.batch_size}")
             print(f"{name}: {batch / seconds[name]:.1f} img/s ({target})")
     ours = next(n for n in steps if n.startswith("cmt-deeplab-s"))
     peer = next((n for n in steps if n.startswith("mask2former")), None)

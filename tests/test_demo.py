@@ -86,3 +86,13 @@ def test_report_renders_with_its_images_in_a_headless_browser(demo_dir):
         )
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.std() > 10, "the screenshot is blank"
+
+
+def test_full_demo_trains_the_synthetic_presets_recipe():
+    # The full demo copies the preset's steps, batch and image size: they must not drift apart.
+    from cmt_deeplab.demo.pipeline import FULL
+    from cmt_deeplab.engine.config import load_train_config
+
+    preset = load_train_config("synthetic_cmt_deeplab_tiny")
+    assert (FULL.steps, FULL.batch_size) == (preset.run.steps, preset.run.batch_size)
+    assert [FULL.image_size] * 2 == list(preset.input.crop)
