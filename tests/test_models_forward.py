@@ -7,29 +7,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import cmt_deeplab
+from _small_models import small_model
 from cmt_deeplab.models import count_parameters
-from cmt_deeplab.models.registry import TINY_DEFAULTS
 
 ALL_MODELS = cmt_deeplab.list_models()
-SMALL = {"num_classes": 7, "num_thing_classes": 3, "num_slots": 16}
-
-
-def _tiny(name: str, **overrides):
-    """A registered model at tiny widths: the same code path, cheap enough to run."""
-    if name.startswith("cmt-deeplab") and name != "cmt-deeplab-tiny":
-        # The variant's own backbone type and decoder path, at tiny depth and width.
-        kwargs = dict(TINY_DEFAULTS)
-        if name == "cmt-deeplab-r50":
-            kwargs["backbone_num_blocks"] = (1, 1, 1, 1)
-        return cmt_deeplab.build_model(name, **SMALL, **kwargs, **overrides)
-    if name.startswith("max-deeplab") and name != "max-deeplab-tiny":
-        small = {"width_multiplier": 0.25, "stem_width_multiplier": 0.25, "num_heads": 4,
-                 "memory_channels": 64, "base_transformer_expansion": 0.25,
-                 "global_ffn_channels": 64, "transformer_ffn_channels": 64,
-                 "pixel_feature_dim": 16, "semantic_channels": 32}
-        small["num_blocks"] = (1, 1, 2, 1) if name == "max-deeplab-s" else (1, 2, 1, 1)
-        return cmt_deeplab.build_model(name, **SMALL, **small, **overrides)
-    return cmt_deeplab.build_model(name, **SMALL, **overrides)
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -54,7 +35,7 @@ def test_output_shapes_at_paper_widths_on_meta(name):
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_real_forward_and_maps_at_odd_size(name):
     torch.manual_seed(0)
-    model = _tiny(name).eval()
+    model = small_model(name).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 97, 131), return_maps=True)
     assert out["pred_masks"].shape == (1, 16, 25, 33)
@@ -83,7 +64,7 @@ def _set_bn_gamma_nonzero(model: torch.nn.Module) -> None:
 @pytest.mark.parametrize("name", ["cmt-deeplab-tiny", "max-deeplab-tiny", "cmt-deeplab-l-rfn"])
 def test_gradients_reach_every_trainable_parameter(name):
     torch.manual_seed(0)
-    model = _tiny(name).train()
+    model = small_model(name).train()
     _set_bn_gamma_nonzero(model)
     out = model(torch.randn(2, 3, 65, 65))
     # Random weights: a plain mean would give exactly zero gradient to BN shifts after a
@@ -101,7 +82,7 @@ def test_gradients_reach_every_trainable_parameter(name):
 @pytest.mark.parametrize("name", ["cmt-deeplab-tiny", "max-deeplab-tiny", "cmt-deeplab-l-rfn"])
 def test_eval_mode_batch_invariance(name):
     torch.manual_seed(0)
-    model = _tiny(name)
+    model = small_model(name)
     model.train()
     with torch.no_grad():  # a few steps of BN statistics so eval differs from init
         for _ in range(2):
@@ -128,9 +109,9 @@ ABLATIONS = {
 @pytest.mark.parametrize("switch", sorted(ABLATIONS))
 def test_each_ablation_switch_changes_count_and_behaviour(switch):
     torch.manual_seed(0)
-    full = _tiny("cmt-deeplab-tiny").eval()
+    full = small_model("cmt-deeplab-tiny").eval()
     _set_bn_gamma_nonzero(full)
-    ablated = _tiny("cmt-deeplab-tiny", **{switch: False}).eval()
+    ablated = small_model("cmt-deeplab-tiny", **{switch: False}).eval()
     shapes = {k: v.shape for k, v in ablated.state_dict().items()}
     ablated.load_state_dict(
         {k: v for k, v in full.state_dict().items() if shapes.get(k) == v.shape}, strict=False
@@ -171,7 +152,7 @@ def test_cmt_layer_with_everything_off_is_the_max_update():
 
 
 def test_rfn_shares_one_centre_table_and_exposes_net1():
-    model = _tiny("cmt-deeplab-l-rfn").train()
+    model = small_model("cmt-deeplab-l-rfn").train()
     assert model.net1.centers is None and model.net2.centers is None
     out = model(torch.randn(1, 3, 65, 65))
     layers = model.net1.num_layers
@@ -181,10 +162,10 @@ def test_rfn_shares_one_centre_table_and_exposes_net1():
 
 
 def test_state_dict_round_trip_through_safetensors_is_bit_identical(tmp_path):
-    model = _tiny("cmt-deeplab-tiny")
+    model = small_model("cmt-deeplab-tiny")
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    other = _tiny("cmt-deeplab-tiny")
+    other = small_model("cmt-deeplab-tiny")
     other.load_state_dict(load_file(str(path)))
     for (name, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
@@ -211,7 +192,7 @@ def test_unknown_override_is_named():
     ],
 )
 def test_bad_input_gives_a_clear_error(images, message):
-    model = _tiny("cmt-deeplab-tiny").eval()
+    model = small_model("cmt-deeplab-tiny").eval()
     with pytest.raises(ValueError, match=message):
         model(images)
 
@@ -219,7 +200,7 @@ def test_bad_input_gives_a_clear_error(images, message):
 def test_sync_batchnorm_conversion_keeps_numerics():
     from cmt_deeplab.models.sync_bn import convert_sync_batchnorm
 
-    model = convert_sync_batchnorm(_tiny("cmt-deeplab-tiny"))
+    model = convert_sync_batchnorm(small_model("cmt-deeplab-tiny"))
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
     assert all(m.eps == 1e-3 and m.momentum == 0.01 for m in norms)
