@@ -31,6 +31,7 @@ from cmt_deeplab.data.synthetic import generate_synthetic_dataset
 from cmt_deeplab.engine.config import load_train_config
 from cmt_deeplab.engine.data import random_batch
 from cmt_deeplab.engine.trainer import Trainer
+from cmt_deeplab.models import model_spec
 
 
 def _trainer_step(config_name: str, values: dict, data_root: Path | None,
@@ -48,7 +49,7 @@ def _trainer_step(config_name: str, values: dict, data_root: Path | None,
         trainer._build_loader()
         batches = [trainer._next_batch() for _ in range(4)]
     else:
-        num_things = trainer.model.build_kwargs["num_thing_classes"]
+        num_things = model_spec(trainer.model).kwargs["num_thing_classes"]
         batches = [random_batch(batch, crop, trainer.criterion.num_classes, num_things, seed=i)
                    for i in range(2)]
     cycle = itertools.cycle(batches)

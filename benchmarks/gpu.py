@@ -26,6 +26,7 @@ from _common import median_seconds  # noqa: E402
 import cmt_deeplab  # noqa: E402
 from cmt_deeplab.inference.fast import optimize_for_inference  # noqa: E402
 from cmt_deeplab.losses import PanopticCriterion  # noqa: E402
+from cmt_deeplab.models import model_spec  # noqa: E402
 
 PAPER_FPS = {"max-deeplab-s": 11.9, "cmt-deeplab-s": 8.1, "cmt-deeplab-l": 6.0, "cmt-deeplab-l-rfn": 3.2}
 
@@ -53,7 +54,7 @@ def training_memory_per_image(name: str, height: int, width: int, device: torch.
     """Peak memory (bytes) of one training step (bf16 autocast) divided by the batch; on CPU
     the step runs (so a smoke run checks it) but no peak is measured: NaN."""
     model = cmt_deeplab.build_model(name).to(device).train()
-    criterion = PanopticCriterion(model.build_kwargs["num_classes"])
+    criterion = PanopticCriterion(model_spec(model).kwargs["num_classes"])
     images = torch.randn(batch, 3, height, width, device=device)
     targets = _fake_targets(batch, height, width, device)
     cuda = device.type == "cuda"

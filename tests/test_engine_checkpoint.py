@@ -22,6 +22,7 @@ from cmt_deeplab.engine.checkpoint import (
     save_model_dir,
     save_training_state,
 )
+from cmt_deeplab.models import ModelSpec, attach_model_spec
 
 INFO = synthetic_dataset_info()
 
@@ -102,11 +103,9 @@ def test_save_model_dir_needs_categories(tmp_path, trained_model):
 class _Small(torch.nn.Module):
     """A few layers with BN buffers: what the training-state code stores, in milliseconds."""
 
-    model_name = "small"
-    build_kwargs = {"width": 4}
-
     def __init__(self) -> None:
         super().__init__()
+        attach_model_spec(self, ModelSpec("small", {"width": 4}))
         self.conv = torch.nn.Conv2d(3, 4, 3)
         self.norm = torch.nn.BatchNorm2d(4)
         self.head = torch.nn.Linear(4, 2)

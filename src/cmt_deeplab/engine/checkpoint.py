@@ -68,15 +68,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def model_config(model: nn.Module) -> dict[str, Any]:
     """``{"name", "build_kwargs"}``: enough for ``build_model`` to rebuild ``model``."""
-    model = unwrap_model(model)
-    name = getattr(model, "model_name", None)
-    build_kwargs = getattr(model, "build_kwargs", None)
-    if name is None or build_kwargs is None:
-        raise ValueError(
-            f"{type(model).__name__} has no model_name/build_kwargs; build it with "
-            "cmt_deeplab.build_model so that it can be rebuilt from its checkpoint"
-        )
-    return {"name": str(name), "build_kwargs": to_plain(build_kwargs)}
+    from cmt_deeplab.models.registry import model_spec
+
+    spec = model_spec(unwrap_model(model))
+    return {"name": spec.name, "build_kwargs": to_plain(spec.kwargs)}
 
 
 def save_model_dir(directory: str | Path, model: nn.Module, config: Mapping[str, Any]) -> Path:
@@ -84,7 +79,7 @@ def save_model_dir(directory: str | Path, model: nn.Module, config: Mapping[str,
 
     Args:
         directory: created if missing.
-        model: a model from ``build_model`` (``model_name`` and ``build_kwargs``), possibly
+        model: a model from ``build_model`` (it carries a ``ModelSpec``), possibly
             wrapped in DDP.
         config: the rest of ``config.yaml``; it needs ``data`` (a ``DatasetInfo`` or its
             ``to_dict()``), the categories the model predicts, and usually holds ``input``

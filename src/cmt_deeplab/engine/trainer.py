@@ -58,6 +58,7 @@ from cmt_deeplab.engine.distributed import DistributedContext, ResumableSampler
 from cmt_deeplab.engine.evaluate import evaluate_model
 from cmt_deeplab.engine.optim import build_optimizer, build_scheduler
 from cmt_deeplab.losses.criterion import PanopticCriterion
+from cmt_deeplab.models.registry import model_spec
 from cmt_deeplab.utils.allocator import keep_freed_memory
 from cmt_deeplab.utils.device import resolve_device
 from cmt_deeplab.utils.io import atomic_write_json, atomic_write_text
@@ -295,7 +296,7 @@ class Trainer:
             losses, _ = self._train_step()
         else:
             num_classes = self.criterion.num_classes
-            num_things = self.model.build_kwargs["num_thing_classes"]
+            num_things = model_spec(self.model).kwargs["num_thing_classes"]
             batches = [random_batch(self.micro_batch, crop, num_classes, num_things, seed=i)
                        for i in range(run.accumulate)]
             losses, _ = self._train_step(iter(batches))
@@ -623,7 +624,7 @@ def _unused_parameters(
     """
     saved = {key: value.clone() for key, value in model.state_dict().items()}
     rng = torch.get_rng_state()
-    num_things = model.build_kwargs["num_thing_classes"]
+    num_things = model_spec(model).kwargs["num_thing_classes"]
     images, targets = random_batch(2, (65, 65), criterion.num_classes, num_things)
     generator, criterion.generator = criterion.generator, None
     try:

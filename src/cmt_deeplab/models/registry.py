@@ -1,12 +1,14 @@
 """The model zoo, timm style: each variant is a registered constructor whose body holds its
-numbers; ``build_model(name, **overrides)`` builds one, ``list_models()`` names them."""
+numbers; ``build_model(name, **overrides)`` builds one, ``list_models()`` names them, and
+``model_spec(model)`` says what a built model was built with (what checkpoints store)."""
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from torch import nn
@@ -25,6 +27,28 @@ class ModelEntry:
     paper_params: str
     notes: str
 
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a model was built: ``build_model(spec.name, **spec.kwargs)`` builds it again.
+
+    ``kwargs`` holds ``num_classes``, ``num_thing_classes``, ``num_slots`` and the overrides
+    as they were given (read-only).
+    """
+
+    name: str
+    kwargs: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+
+    def __reduce__(self) -> tuple:
+        # A mapping proxy cannot be pickled or deep-copied (models are, e.g. for inference).
+        return ModelSpec, (self.name, dict(self.kwargs))
+
+
+#: The module attribute that holds a model's ``ModelSpec`` (set by ``attach_model_spec``).
+_SPEC_ATTRIBUTE = "_model_spec"
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
@@ -84,10 +108,26 @@ def build_model(
         **overrides,
     }
     model = entry.constructor(**kwargs)
-    model.model_name = name
-    model.build_kwargs = {"num_classes": num_classes, "num_thing_classes": num_thing_classes,
-                          "num_slots": num_slots, **overrides}
+    given = {"num_classes": num_classes, "num_thing_classes": num_thing_classes,
+             "num_slots": num_slots, **overrides}
+    return attach_model_spec(model, ModelSpec(name, given))
+
+
+def attach_model_spec(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """Records ``spec`` on ``model`` (``build_model`` does this); returns ``model``."""
+    setattr(model, _SPEC_ATTRIBUTE, spec)
     return model
+
+
+def model_spec(model: nn.Module) -> ModelSpec:
+    """The ``ModelSpec`` of a model from ``build_model`` (unwrap DDP / compiled models first)."""
+    spec = getattr(model, _SPEC_ATTRIBUTE, None)
+    if not isinstance(spec, ModelSpec):
+        raise ValueError(
+            f"{type(model).__name__} has no ModelSpec: build it with cmt_deeplab.build_model "
+            "so that its name and arguments are known and it can be rebuilt from a checkpoint"
+        )
+    return spec
 
 
 def _config(config_class: type, defaults: dict[str, Any], kwargs: dict[str, Any]) -> Any:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from cmt_deeplab.models import build_model, count_parameters
+from cmt_deeplab.models import build_model, count_parameters, model_spec
 from cmt_deeplab.utils.flops import count_macs
 from cmt_deeplab.utils.process_memory import current_rss_bytes, peak_rss_bytes
 
@@ -155,10 +155,9 @@ def _training_memory(
 
     device = torch.device(device)
     model = build_model(name, **kwargs).to(device).train()
-    num_classes = model.build_kwargs["num_classes"]
-    criterion = PanopticCriterion(num_classes)
-    images, targets = random_batch(batch_size, crop, num_classes,
-                                   model.build_kwargs["num_thing_classes"])
+    spec = model_spec(model).kwargs
+    criterion = PanopticCriterion(spec["num_classes"])
+    images, targets = random_batch(batch_size, crop, spec["num_classes"], spec["num_thing_classes"])
     images = images.to(device)
     targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
                for t in targets]

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from cmt_deeplab.data.metadata import DatasetInfo
 from cmt_deeplab.inference.predictor import Predictor, to_rgb_array
+from cmt_deeplab.models.registry import model_spec
 from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_json
 from cmt_deeplab.visualization.colormap import heatmap_overlay, to_cam_scale
 from cmt_deeplab.visualization.maps import (
@@ -79,18 +80,26 @@ def visualize(
     maps = collect_cluster_maps(predictor.model, padded, valid, shown, slots, max_slots, names)
     result = Visualization(maps, density_table(maps))
     for kind in maps.maps:
-        result.figures[kind] = render_grid(maps, kind, title=f"{getattr(model, 'model_name', 'model')}: {kind}")
+        result.figures[kind] = render_grid(maps, kind, title=f"{_model_name(model, 'model')}: {kind}")
     if compare_model is not None:
         compare_model = compare_model.to(predictor.device).eval()
         other_slots = matching_slots(predictor.model, compare_model, padded, maps.slots)
         other = collect_cluster_maps(compare_model, padded, valid, shown, other_slots, class_names=names)
         result.compare = other
         result.compare_density = density_table(other)
-        name = getattr(compare_model, "model_name", "compare")
+        name = _model_name(compare_model, "compare")
         for kind in other.maps:
             result.figures[f"compare_{kind}"] = render_grid(other, kind, title=f"{name}: {kind}")
-        result.figures["side_by_side"] = side_by_side(maps, other, getattr(model, "model_name", "model"), name)
+        result.figures["side_by_side"] = side_by_side(maps, other, _model_name(model, "model"), name)
     return result
+
+
+def _model_name(model: torch.nn.Module, fallback: str) -> str:
+    """The registered name of a model from ``build_model``, else ``fallback`` (figure titles)."""
+    try:
+        return model_spec(model).name
+    except ValueError:
+        return fallback
 
 
 def _last(maps: ClusterMaps, kind: str) -> np.ndarray | None:

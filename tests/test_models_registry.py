@@ -1,0 +1,42 @@
+"""The model registry: what a built model records about its build, and bad arguments."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+import cmt_deeplab
+from cmt_deeplab.models import model_spec
+
+
+def _layout(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return [(key, tuple(value.shape)) for key, value in model.state_dict().items()]
+
+
+def test_model_spec_rebuilds_the_same_model():
+    with torch.device("meta"):
+        model = cmt_deeplab.build_model("max-deeplab-tiny", num_classes=9, num_thing_classes=2,
+                                        num_slots=12, use_semantic_head=False)
+        spec = model_spec(model)
+        assert spec.name == "max-deeplab-tiny"
+        assert dict(spec.kwargs) == {"num_classes": 9, "num_thing_classes": 2, "num_slots": 12,
+                                     "use_semantic_head": False}
+        assert _layout(cmt_deeplab.build_model(spec.name, **spec.kwargs)) == _layout(model)
+
+
+def test_model_spec_is_read_only_and_survives_copies():
+    with torch.device("meta"):
+        model = cmt_deeplab.build_model("cmt-deeplab-tiny", num_slots=8)
+    spec = model_spec(model)
+    with pytest.raises(TypeError):
+        spec.kwargs["num_classes"] = 3  # type: ignore[index]
+    assert model_spec(copy.deepcopy(model)) == spec
+    assert pickle.loads(pickle.dumps(spec)) == spec
+
+
+def test_model_spec_of_a_module_not_from_build_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="Linear has no ModelSpec: build it with .*build_model"):
+        model_spec(torch.nn.Linear(2, 2))
