@@ -40,3 +40,21 @@ def test_model_spec_is_read_only_and_survives_copies():
 def test_model_spec_of_a_module_not_from_build_model_is_a_clear_error():
     with pytest.raises(ValueError, match="Linear has no ModelSpec: build it with .*build_model"):
         model_spec(torch.nn.Linear(2, 2))
+
+
+def test_slot_table_rows_and_max_num_slots_survive_a_rebuild():
+    with torch.device("meta"):
+        model = cmt_deeplab.build_model("cmt-deeplab-tiny", num_slots=12, max_num_slots=20)
+        assert model.centers.weight.shape[0] == 20
+        again = cmt_deeplab.build_model(**{"name": model_spec(model).name, **model_spec(model).kwargs})
+        assert again.centers.weight.shape[0] == 20
+        assert cmt_deeplab.build_model("cmt-deeplab-tiny", num_slots=12).centers.weight.shape[0] == 12
+        # A smaller maximum than the slots in use still gives one row per slot.
+        narrow = cmt_deeplab.build_model("max-deeplab-tiny", num_slots=12, max_num_slots=4)
+        assert narrow.memory.weight.shape[0] == 12
+
+
+@pytest.mark.parametrize("num_slots", [0, -3])
+def test_non_positive_num_slots_is_named(num_slots):
+    with pytest.raises(ValueError, match=f"num_slots must be positive, got {num_slots}"):
+        cmt_deeplab.build_model("cmt-deeplab-tiny", num_slots=num_slots)

@@ -55,12 +55,23 @@ def check_images(images: torch.Tensor) -> None:
         raise ValueError(f"images contain {bad} NaN or infinite values")
 
 
+def slot_table_rows(num_slots: int, max_num_slots: int | None = None) -> int:
+    """Rows of the slot table for ``num_slots`` slots in use: ``max(num_slots, max_num_slots)``.
+
+    A table may hold more rows than a model uses (``max_num_slots``), so that the slot count
+    can change without changing the parameter shape. Raises for ``num_slots < 1``.
+    """
+    if num_slots < 1:
+        raise ValueError(f"num_slots must be positive, got {num_slots}")
+    return max(num_slots, max_num_slots or 0)
+
+
 class SlotTable(nn.Module):
     """The learnable ``[max_slots, C]`` table of slots (MaX memory / CMT cluster centres)."""
 
     def __init__(self, num_slots: int, channels: int, max_slots: int | None = None) -> None:
         super().__init__()
-        max_slots = max(max_slots or num_slots, num_slots)
+        max_slots = slot_table_rows(num_slots, max_slots)
         self.num_slots = num_slots
         self.weight = nn.Parameter(trunc_normal_(torch.empty(max_slots, channels), 1.0))
 

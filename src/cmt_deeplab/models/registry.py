@@ -15,6 +15,7 @@ from torch import nn
 
 from cmt_deeplab.models.cmt_deeplab import CMTDeepLab, CMTDeepLabConfig, DecoderStage
 from cmt_deeplab.models.max_deeplab import MaXDeepLab, MaXDeepLabConfig
+from cmt_deeplab.models.meta_arch import slot_table_rows
 from cmt_deeplab.models.rfn import RecursiveCMTDeepLab
 
 
@@ -94,22 +95,17 @@ def build_model(
             f"need 1 <= num_classes and 0 <= num_thing_classes <= num_classes, got "
             f"num_classes={num_classes}, num_thing_classes={num_thing_classes}"
         )
-    if num_slots < 1:
-        raise ValueError(f"num_slots must be positive, got {num_slots}")
     fields = {f.name for f in dataclasses.fields(entry.config_class)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(
             f"unknown option(s) for {name}: {', '.join(unknown)}; valid: {', '.join(sorted(fields))}"
         )
-    kwargs = {
-        "num_classes": num_classes, "num_thing_classes": num_thing_classes,
-        "num_slots": num_slots, "max_num_slots": max(num_slots, overrides.pop("max_num_slots", 0)),
-        **overrides,
-    }
-    model = entry.constructor(**kwargs)
     given = {"num_classes": num_classes, "num_thing_classes": num_thing_classes,
              "num_slots": num_slots, **overrides}
+    # Without ``max_num_slots`` the slot table has exactly ``num_slots`` rows.
+    rows = slot_table_rows(num_slots, overrides.get("max_num_slots"))
+    model = entry.constructor(**{**given, "max_num_slots": rows})
     return attach_model_spec(model, ModelSpec(name, given))
 
 
