@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import cmt_deeplab
-from cmt_deeplab.models.registry import TINY_DEFAULTS
+from cmt_deeplab.models.cmt_deeplab import TINY_DEFAULTS
 
 #: Class and slot counts of the small builds.
 SMALL = {"num_classes": 7, "num_thing_classes": 3, "num_slots": 16}

@@ -58,3 +58,20 @@ def test_slot_table_rows_and_max_num_slots_survive_a_rebuild():
 def test_non_positive_num_slots_is_named(num_slots):
     with pytest.raises(ValueError, match=f"num_slots must be positive, got {num_slots}"):
         cmt_deeplab.build_model("cmt-deeplab-tiny", num_slots=num_slots)
+
+
+def test_sequences_from_yaml_become_the_config_types():
+    """Checkpoint configs come back from YAML with lists and dicts where the configs hold
+    tuples and ``DecoderStage``s."""
+    from cmt_deeplab.models import DecoderStage
+
+    stages = [[16, 0, 1, 64, True],
+              {"stride": 16, "fuse_channels": 64, "num_blocks": 1, "filters": 32, "clustering": True},
+              [8, 32, 1, 16, True], [4, 16, 1, 16, False]]
+    with torch.device("meta"):
+        model = cmt_deeplab.build_model("cmt-deeplab-tiny", decoder=stages,
+                                        backbone_num_blocks=[1, 1, 2, 1], semantic_projections=[16, 8])
+        reference = cmt_deeplab.build_model("cmt-deeplab-tiny")
+    assert model.config == reference.config
+    assert model.config.decoder[1] == DecoderStage(16, 64, 1, 32, True)
+    assert isinstance(model.config.backbone_num_blocks, tuple)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ from cmt_deeplab.models.layers.block_group import BlockGroup, BlockSettings, Tra
 from cmt_deeplab.models.layers.norm_act import LayerNorm2d, LinearBN, get_activation
 from cmt_deeplab.models.layers.resized_fuse import ResizedFuse, resize_bilinear
 from cmt_deeplab.models.meta_arch import SlotTable, check_images
+from cmt_deeplab.models.registry import register_model
 from cmt_deeplab.models.transformer.cmt_layer import ClusteringMaskTransformerLayer
 
 
@@ -102,6 +104,15 @@ class CMTDeepLabConfig(BlockSettings):
     use_semantic_head: bool = True
     semantic_channels: int = 256
     semantic_projections: tuple[int, int] = (64, 32)
+
+    def __post_init__(self) -> None:
+        # Read from YAML or JSON (checkpoint configs), stages arrive as dicts or lists.
+        self.decoder = tuple(
+            s if isinstance(s, DecoderStage) else DecoderStage(**s) if isinstance(s, dict)
+            else DecoderStage(*s) for s in self.decoder
+        )
+        self.backbone_num_blocks = tuple(self.backbone_num_blocks)
+        self.semantic_projections = tuple(self.semantic_projections)
 
 
 class CMTDeepLab(nn.Module):
@@ -229,3 +240,59 @@ def _resize_prediction(prediction: dict[str, torch.Tensor], size: tuple[int, int
         out["pred_masks"] = resize_bilinear(prediction["pred_masks"], size)
         out["pixel_feature"] = F.normalize(resize_bilinear(prediction["pixel_feature"], size), dim=1)
     return out
+
+
+# --- Variants ------------------------------------------------------------------------------
+
+#: CMT-DeepLab-L: the Axial-R104 encoder (four times the stage-4 blocks of Axial-R50).
+L_DEFAULTS: dict[str, Any] = {"backbone_num_blocks": (3, 4, 24, 3)}
+
+#: The tiny variant: the same code path at small widths and depths, trainable on a CPU.
+TINY_DEFAULTS: dict[str, Any] = {
+    "backbone_num_blocks": (1, 1, 2, 1),
+    "width_multiplier": 0.25,
+    "stem_width_multiplier": 0.25,
+    "axial_num_heads": 4,
+    "decoder": (
+        DecoderStage(16, 0, 1, 64, True),
+        DecoderStage(16, 64, 1, 32, True),
+        DecoderStage(8, 32, 1, 16, True),
+        DecoderStage(4, 16, 1, 16, False),
+    ),
+    "memory_channels": 128,
+    "transformer_filters": 32,
+    "num_heads": 4,
+    "transformer_ffn_channels": 256,
+    "embedding_channels": 64,
+    "pixel_feature_dim": 32,
+    "head_channels": 64,
+    "drop_path_keep_prob": 1.0,
+    "semantic_channels": 48,
+    "semantic_projections": (16, 8),
+}
+
+
+@register_model("cmt-deeplab-s", CMTDeepLabConfig, "Axial-R50", "94.9M",
+                "CMT-DeepLab, 9 CMT layers (reconstructed layout R-A)")
+def cmt_deeplab_s(**kwargs: Any) -> CMTDeepLab:
+    return CMTDeepLab(CMTDeepLabConfig(**kwargs))
+
+
+@register_model("cmt-deeplab-l", CMTDeepLabConfig, "Axial-R104", "135.2M",
+                "CMT-DeepLab, 4x stage-4 blocks")
+def cmt_deeplab_l(**kwargs: Any) -> CMTDeepLab:
+    return CMTDeepLab(CMTDeepLabConfig(**{**L_DEFAULTS, **kwargs}))
+
+
+@register_model("cmt-deeplab-r50", CMTDeepLabConfig, "ResNet-50 (deeplab2)", "-",
+                "CMT head on a plain ResNet-50 (Table 3); ours: 76,983,108")
+def cmt_deeplab_r50(**kwargs: Any) -> CMTDeepLab:
+    defaults = {"backbone_type": "resnet", "backbone_use_axial_beyond_stride": 0,
+                "drop_path_keep_prob": 1.0}
+    return CMTDeepLab(CMTDeepLabConfig(**{**defaults, **kwargs}))
+
+
+@register_model("cmt-deeplab-tiny", CMTDeepLabConfig, "Axial-ResNet (x0.25, 5 blocks)", "-",
+                "same code path, CPU-trainable; demo and tests")
+def cmt_deeplab_tiny(**kwargs: Any) -> CMTDeepLab:
+    return CMTDeepLab(CMTDeepLabConfig(**{**TINY_DEFAULTS, **kwargs}))

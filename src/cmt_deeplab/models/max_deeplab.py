@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from cmt_deeplab.models.layers.block_group import BlockGroup, BlockSettings, Tra
 from cmt_deeplab.models.layers.norm_act import LinearBN, get_activation
 from cmt_deeplab.models.layers.resized_fuse import ResizedFuse
 from cmt_deeplab.models.meta_arch import SlotTable, check_images
+from cmt_deeplab.models.registry import register_model
 from cmt_deeplab.models.transformer.dual_path import DualPathTransformerLayer
 
 
@@ -60,6 +62,11 @@ class MaXDeepLabConfig(BlockSettings):
     use_semantic_head: bool = True
     semantic_channels: int = 256
     semantic_projections: tuple[int, int] = (64, 32)
+
+    def __post_init__(self) -> None:
+        # Sequences read from YAML or JSON (checkpoint configs) arrive as lists.
+        self.num_blocks = tuple(self.num_blocks)
+        self.semantic_projections = tuple(self.semantic_projections)
 
 
 @dataclass
@@ -242,3 +249,39 @@ class _RecordingDualPath(DualPathTransformerLayer):
         if state is not None:
             state.extras.setdefault("memories", []).append(memory)
         return pixels, memory
+
+
+# --- Variants ------------------------------------------------------------------------------
+
+
+@register_model("max-deeplab-s", MaXDeepLabConfig, "MaX-S (Axial-R50 + transformers)", "61.9M",
+                "MaX-DeepLab-S baseline, dual-path transformer")
+def max_deeplab_s(**kwargs: Any) -> MaXDeepLab:
+    return MaXDeepLab(MaXDeepLabConfig(**kwargs))
+
+
+@register_model("max-deeplab-l", MaXDeepLabConfig, "MaX-L (wide-ResNet-41 + axial)", "451M",
+                "MaX-DeepLab-L, stacked decoder")
+def max_deeplab_l(**kwargs: Any) -> MaXDeepLab:
+    defaults = {
+        "num_blocks": (3, 6, 3, 3), "backbone_type": "wider_resnet",
+        "backbone_transformer_beyond_stride": 16, "extra_decoder_transformer_beyond_stride": 16,
+        "backbone_decoder_num_stacks": 1, "extra_decoder_num_stacks": 1,
+        "extra_decoder_blocks_per_stage": 3, "memory_channels": 512,
+        "base_transformer_expansion": 2.0, "global_ffn_channels": 512,
+        "attention_bottleneck_expansion": 4, "key_expansion": 2.0, "value_expansion": 4.0,
+        "drop_path_beyond_stride": 4,
+    }
+    return MaXDeepLab(MaXDeepLabConfig(**{**defaults, **kwargs}))
+
+
+@register_model("max-deeplab-tiny", MaXDeepLabConfig, "MaX (x0.25)", "-",
+                "MaX-DeepLab at tiny widths: the baseline for the tiny CMT")
+def max_deeplab_tiny(**kwargs: Any) -> MaXDeepLab:
+    defaults = {
+        "num_blocks": (1, 1, 2, 1), "width_multiplier": 0.25, "stem_width_multiplier": 0.25,
+        "num_heads": 4, "memory_channels": 128, "base_transformer_expansion": 0.25,
+        "global_ffn_channels": 64, "transformer_ffn_channels": 256, "pixel_feature_dim": 32,
+        "drop_path_keep_prob": 1.0, "semantic_channels": 48, "semantic_projections": (16, 8),
+    }
+    return MaXDeepLab(MaXDeepLabConfig(**{**defaults, **kwargs}))

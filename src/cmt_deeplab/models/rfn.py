@@ -13,12 +13,15 @@ CMT-L-RFN: 2 x 135,117,188 - 32,768 (one centre table) = 270,201,608 parameters.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from cmt_deeplab.models.cmt_deeplab import CMTDeepLab, CMTDeepLabConfig
+from cmt_deeplab.models.cmt_deeplab import L_DEFAULTS, CMTDeepLab, CMTDeepLabConfig
 from cmt_deeplab.models.layers.block_group import TransformerState
 from cmt_deeplab.models.meta_arch import SlotTable, check_images
+from cmt_deeplab.models.registry import register_model
 
 
 class RecursiveCMTDeepLab(nn.Module):
@@ -48,3 +51,9 @@ class RecursiveCMTDeepLab(nn.Module):
         if return_maps:
             outputs["maps"] = state1.maps + state2.maps
         return outputs
+
+
+@register_model("cmt-deeplab-l-rfn", CMTDeepLabConfig, "Axial-R104-RFN", "270.3M",
+                "two CMT-L nets, shared cluster centres")
+def cmt_deeplab_l_rfn(**kwargs: Any) -> RecursiveCMTDeepLab:
+    return RecursiveCMTDeepLab(CMTDeepLabConfig(**{**L_DEFAULTS, **kwargs}))
