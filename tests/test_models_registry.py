@@ -1,4 +1,5 @@
-"""The model registry: what a built model records about its build, and bad arguments."""
+"""The model and backbone registries: what a built model records about its build, a new
+backbone as one registration, and bad arguments."""
 
 from __future__ import annotations
 
@@ -10,6 +11,33 @@ import torch
 
 import cmt_deeplab
 from cmt_deeplab.models import model_spec
+from cmt_deeplab.models.backbones import build_backbone, list_backbones, register_backbone
+from cmt_deeplab.models.layers.norm_act import ConvBN
+
+
+@register_backbone("strided-convs")
+class StridedConvs(torch.nn.Module):
+    """A backbone in a few lines: one strided conv per stage (strides 2, 4, 8, 16, 16)."""
+
+    def __init__(self, width_multiplier: float = 1.0, **unused) -> None:
+        super().__init__()
+        widths = [int(16 * width_multiplier * 2**i) for i in range(5)]
+        strides = [2, 2, 2, 2, 1]
+        self.stages = torch.nn.ModuleList(
+            ConvBN(c_in, c_out, 3, stride=s, activation="relu")
+            for c_in, c_out, s in zip([3, *widths[:-1]], widths, strides, strict=True)
+        )
+        self.stage_channels = {f"stage{i + 1}": w for i, w in enumerate(widths)}
+
+    def conv_block(self, group_stride: int) -> str:
+        return "bottleneck"
+
+    def forward(self, images, memory=None, state=None, feedback=None):
+        endpoints, x = {}, images
+        for index, stage in enumerate(self.stages):
+            x = stage(x)
+            endpoints[f"stage{index + 1}"] = x
+        return endpoints, memory
 
 
 def _layout(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
@@ -75,3 +103,25 @@ def test_sequences_from_yaml_become_the_config_types():
     assert model.config == reference.config
     assert model.config.decoder[1] == DecoderStage(16, 64, 1, 32, True)
     assert isinstance(model.config.backbone_num_blocks, tuple)
+
+
+def test_the_paper_backbones_are_registered():
+    assert {"resnet", "resnet_beta", "wider_resnet"} <= set(list_backbones())
+    with torch.device("meta"):
+        backbone = build_backbone("wider_resnet", num_blocks=(1, 1, 1, 1))
+    assert backbone.conv_block(16) == "basic" and backbone.conv_block(32) == "wide_bottleneck"
+
+
+def test_a_registered_backbone_serves_a_model():
+    torch.manual_seed(0)
+    model = cmt_deeplab.build_model("cmt-deeplab-tiny", backbone_type="strided-convs",
+                                    num_classes=5, num_thing_classes=2, num_slots=8).train()
+    assert isinstance(model.backbone, StridedConvs)
+    out = model(torch.randn(2, 3, 65, 65))
+    assert out["pred_masks"].shape == (2, 8, 17, 17)
+    assert out["semantic_logits"].shape == (2, 5, 17, 17)
+
+
+def test_unknown_backbone_type_lists_the_registered_ones():
+    with pytest.raises(ValueError, match="unknown backbone type 'resnet-9000'; registered: .*resnet_beta"):
+        cmt_deeplab.build_model("cmt-deeplab-tiny", backbone_type="resnet-9000")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmt_deeplab.models.backbones.axial_resnet import AxialResNet
+from cmt_deeplab.models.backbones import AXIAL_R104_BLOCKS, build_backbone
 from cmt_deeplab.models.heads.prediction_head import PredictionHead
 from cmt_deeplab.models.heads.semantic_head import SemanticHead
 from cmt_deeplab.models.layers.block_group import BlockGroup, BlockSettings, TransformerState
@@ -65,15 +65,16 @@ _STAGE_AT_STRIDE = {2: "stage1", 4: "stage2", 8: "stage3", 16: "stage4", 32: "st
 class CMTDeepLabConfig(BlockSettings):
     """Every number of a CMT-DeepLab variant (defaults: CMT-DeepLab-S, Axial-R50, COCO).
 
-    The residual-block settings (``backbone_type`` of the encoder, ``output_stride``, drop path,
-    activation, axial attention widths) come from ``BlockSettings``.
+    The residual-block settings (``output_stride``, drop path, activation, axial attention
+    widths) come from ``BlockSettings``.
     """
 
     num_classes: int = 133
     num_thing_classes: int = 80
     num_slots: int = 128
     max_num_slots: int = 128
-    # Pixel encoder.
+    # Pixel encoder: a name registered with ``register_backbone``.
+    backbone_type: str = "resnet_beta"
     backbone_num_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
     backbone_use_axial_beyond_stride: int = 16
     width_multiplier: float = 1.0
@@ -122,15 +123,13 @@ class CMTDeepLab(nn.Module):
         super().__init__()
         self.config = c = config
         self.act = get_activation(c.activation)
-        self.backbone = AxialResNet(
-            c.backbone_num_blocks,
-            c.block_config(c.backbone_use_axial_beyond_stride, c.axial_num_heads),
-            c.width_multiplier, c.stem_width_multiplier,
+        self.backbone = build_backbone(
+            c.backbone_type, num_blocks=c.backbone_num_blocks,
+            config=c.block_config(c.backbone_use_axial_beyond_stride, c.axial_num_heads),
+            width_multiplier=c.width_multiplier, stem_width_multiplier=c.stem_width_multiplier,
         )
-        # The decoder's blocks are ResNet-beta / axial whatever the encoder's type.
-        decoder_blocks = c.block_config(
-            c.decoder_use_axial_beyond_stride, c.axial_num_heads, backbone_type="resnet_beta"
-        )
+        # The decoder's blocks are bottleneck / axial whatever the encoder's type.
+        decoder_blocks = c.block_config(c.decoder_use_axial_beyond_stride, c.axial_num_heads)
         channels = self.backbone.stage_channels
         skip_names = ["stage5"] + [_STAGE_AT_STRIDE[s.stride] for s in c.decoder if s.fuse_channels]
         self.skip_norms = nn.ModuleDict(
@@ -245,7 +244,7 @@ def _resize_prediction(prediction: dict[str, torch.Tensor], size: tuple[int, int
 # --- Variants ------------------------------------------------------------------------------
 
 #: CMT-DeepLab-L: the Axial-R104 encoder (four times the stage-4 blocks of Axial-R50).
-L_DEFAULTS: dict[str, Any] = {"backbone_num_blocks": (3, 4, 24, 3)}
+L_DEFAULTS: dict[str, Any] = {"backbone_num_blocks": AXIAL_R104_BLOCKS}
 
 #: The tiny variant: the same code path at small widths and depths, trainable on a CPU.
 TINY_DEFAULTS: dict[str, Any] = {

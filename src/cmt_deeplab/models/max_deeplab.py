@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cmt_deeplab.models.backbones.axial_resnet import AxialResNet
+from cmt_deeplab.models.backbones import build_backbone
 from cmt_deeplab.models.heads.prediction_head import PredictionHead
 from cmt_deeplab.models.heads.semantic_head import SemanticHead
 from cmt_deeplab.models.layers.block_group import BlockGroup, BlockSettings, TransformerState
@@ -32,15 +32,17 @@ from cmt_deeplab.models.transformer.dual_path import DualPathTransformerLayer
 class MaXDeepLabConfig(BlockSettings):
     """Every number of a MaX-DeepLab variant (defaults: MaX-DeepLab-S, COCO).
 
-    The residual-block settings (``backbone_type``, ``output_stride``, drop path, activation,
-    axial attention widths) come from ``BlockSettings``; ``num_heads`` serves both the axial
-    blocks and the dual-path transformers.
+    The residual-block settings (``output_stride``, drop path, activation, axial attention
+    widths) come from ``BlockSettings``; ``num_heads`` serves both the axial blocks and the
+    dual-path transformers. ``backbone_type`` names a backbone registered with
+    ``register_backbone``; the decoder uses its blocks.
     """
 
     num_classes: int = 133
     num_thing_classes: int = 80
     num_slots: int = 128
     max_num_slots: int = 128
+    backbone_type: str = "resnet_beta"
     num_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
     width_multiplier: float = 1.0
     stem_width_multiplier: float = 1.0
@@ -87,10 +89,13 @@ class MaXDeepLab(nn.Module):
         blocks = c.block_config(c.use_axial_beyond_stride, c.num_heads)
         transformer = partial(self._make_transformer, c)
         self.memory = SlotTable(c.num_slots, c.memory_channels, c.max_num_slots)
-        self.backbone = AxialResNet(
-            c.num_blocks, blocks, c.width_multiplier, c.stem_width_multiplier,
-            c.backbone_transformer_beyond_stride, transformer, c.base_transformer_expansion,
+        self.backbone = build_backbone(
+            c.backbone_type, num_blocks=c.num_blocks, config=blocks,
+            width_multiplier=c.width_multiplier, stem_width_multiplier=c.stem_width_multiplier,
+            transformer_beyond_stride=c.backbone_transformer_beyond_stride,
+            transformer_factory=transformer, base_transformer_expansion=c.base_transformer_expansion,
         )
+        conv_block = self.backbone.conv_block  # the decoder's blocks are the backbone's
         channels = dict(self.backbone.stage_channels)
         os_ = c.output_stride
         current_channels = channels["stage5"]
@@ -101,7 +106,7 @@ class MaXDeepLab(nn.Module):
                 current_channels, int(round(512 * c.width_multiplier)),
                 c.extra_decoder_blocks_per_stage, 1, 32, blocks,
                 c.extra_decoder_transformer_beyond_stride, transformer,
-                c.base_transformer_expansion,
+                c.base_transformer_expansion, conv_block,
             )
             current_channels = self.stage5_extra.out_channels
         # The stride -> feature-list bookkeeping of deeplab2, on channel counts.
@@ -133,7 +138,7 @@ class MaXDeepLab(nn.Module):
                 group = BlockGroup(
                     width, width // 4, c.backbone_decoder_blocks_per_stage, 1,
                     original_input_stride, blocks, c.backbone_transformer_beyond_stride,
-                    transformer, expansion,
+                    transformer, expansion, conv_block,
                 )
                 current_channels = group.out_channels
             self.backbone_groups.append(group or nn.Identity())
@@ -145,7 +150,7 @@ class MaXDeepLab(nn.Module):
                 group = BlockGroup(
                     current_channels, width // 4, c.extra_decoder_blocks_per_stage, 1,
                     original_input_stride, blocks, c.extra_decoder_transformer_beyond_stride,
-                    transformer, expansion,
+                    transformer, expansion, conv_block,
                 )
                 current_channels = group.out_channels
             self.extra_groups.append(group or nn.Identity())

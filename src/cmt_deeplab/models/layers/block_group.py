@@ -3,9 +3,10 @@ layer on the (pixel, memory) pair: deeplab2's ``BlockGroup``, used by both the b
 the decoders.
 
 The group tracks the *original ResNet stride* of each block (the stride a plain output-stride-32
-ResNet would have there). It decides the block type (axial beyond ``use_axial_beyond_stride``),
-the atrous rate (beyond ``output_stride``), the drop-path rate and whether a transformer layer
-follows the block (beyond ``transformer_beyond_stride``).
+ResNet would have there). It decides the block type (axial beyond ``use_axial_beyond_stride``,
+else what the ``conv_block`` rule of the backbone family names), the atrous rate (beyond
+``output_stride``), the drop-path rate and whether a transformer layer follows the block
+(beyond ``transformer_beyond_stride``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ from cmt_deeplab.models.layers.drop_path import drop_path_keep_prob
 #: ``factory(pixel_channels, drop_path_keep_prob, transformer_expansion) -> nn.Module``
 TransformerFactory = Callable[[int, float, float], nn.Module]
 
+#: ``rule(group_stride) -> ResidualBlock type`` of the non-axial blocks of a backbone family,
+#: ``group_stride`` being the original stride after the group's first block.
+ConvBlockRule = Callable[[int], str]
+
+
+def bottleneck_blocks(group_stride: int) -> str:
+    """The ResNet rule: bottleneck blocks at every stride."""
+    del group_stride
+    return "bottleneck"
+
 
 @dataclass
 class BlockSettings:
@@ -32,7 +43,6 @@ class BlockSettings:
     also keyword arguments of ``build_model``; ``block_config`` turns them into a ``BlockConfig``.
     """
 
-    backbone_type: str = "resnet_beta"
     output_stride: int = 16
     drop_path_keep_prob: float = 1.0
     drop_path_beyond_stride: int = 16
@@ -42,19 +52,15 @@ class BlockSettings:
     key_expansion: float = 1.0
     value_expansion: float = 2.0
 
-    def block_config(
-        self, use_axial_beyond_stride: int, num_heads: int, **changes: Any
-    ) -> BlockConfig:
-        """A ``BlockConfig`` with these settings; ``changes`` replace some of them.
+    def block_config(self, use_axial_beyond_stride: int, num_heads: int) -> BlockConfig:
+        """A ``BlockConfig`` with these settings.
 
         The two settings a model config may name otherwise (CMT-DeepLab has one per encoder and
         decoder, and separate head counts for axial and CMT attention) are passed explicitly.
         """
         settings = {f.name: getattr(self, f.name) for f in fields(BlockSettings)}
         return BlockConfig(
-            **{**settings, **changes},
-            use_axial_beyond_stride=use_axial_beyond_stride,
-            num_heads=num_heads,
+            **settings, use_axial_beyond_stride=use_axial_beyond_stride, num_heads=num_heads
         )
 
 
@@ -91,6 +97,7 @@ class BlockGroup(nn.Module):
         transformer_beyond_stride: int = 0,
         transformer_factory: TransformerFactory | None = None,
         transformer_expansion: float = 1.0,
+        conv_block: ConvBlockRule = bottleneck_blocks,
     ) -> None:
         super().__init__()
         if original_input_stride & (original_input_stride - 1):
@@ -109,14 +116,8 @@ class BlockGroup(nn.Module):
                 config.drop_path_keep_prob, config.drop_path_schedule, current,
                 config.drop_path_beyond_stride,
             )
-            if current >= config.use_axial_beyond_stride > 0:
-                block_type = "axial"
-            elif config.backbone_type in ("resnet", "resnet_beta"):
-                block_type = "bottleneck"
-            elif config.backbone_type == "wider_resnet":
-                block_type = "basic" if group_stride < 32 else "wide_bottleneck"
-            else:
-                raise ValueError(f"unknown backbone type {config.backbone_type!r}")
+            axial = current >= config.use_axial_beyond_stride > 0
+            block_type = "axial" if axial else conv_block(group_stride)
             block = ResidualBlock(
                 channels, filters, block_type, stride, atrous, second_atrous, keep,
                 config.activation, config.attention_bottleneck_expansion, config.key_expansion,
