@@ -198,9 +198,9 @@ def test_bad_input_gives_a_clear_error(images, message):
 
 
 def test_sync_batchnorm_conversion_keeps_numerics():
-    from cmt_deeplab.models.sync_bn import convert_sync_batchnorm
-
-    model = convert_sync_batchnorm(small_model("cmt-deeplab-tiny"))
+    """Distributed training converts every BN to ``SyncBatchNorm`` (torch's converter), keeping
+    deeplab2's eps and momentum; the memory-path BNs see ``[B*N, C]``, which it accepts too."""
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(small_model("cmt-deeplab-tiny"))
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
     assert all(m.eps == 1e-3 and m.momentum == 0.01 for m in norms)
