@@ -13,8 +13,8 @@ import torch
 
 from cmt_deeplab.engine.checkpoint import read_safetensors
 
-#: Runs ``cmt-deeplab`` with every BatchNorm layer on its running statistics (see the file).
-FROZEN_BN_MAIN = str(Path(__file__).with_name("_frozen_bn_main.py"))
+#: Runs ``cmt-deeplab`` with BatchNorm on its running statistics and no dropout (see the file).
+BATCH_INDEPENDENT_MAIN = str(Path(__file__).with_name("_batch_independent_main.py"))
 
 
 def free_port() -> int:
@@ -118,12 +118,15 @@ def assert_same_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
-def max_relative_difference(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
-                            ) -> float:
-    """Largest ``max|a - b| / max|b|`` over the floating-point tensors."""
-    worst = 0.0
+def assert_close_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                         rtol: float, atol: float) -> None:
+    """``|a - b| <= atol + rtol |b|`` elementwise for every floating-point tensor; the message
+    names the tensor that misses it by most."""
+    assert got.keys() == expected.keys()
+    worst, name = 0.0, None
     for key, value in expected.items():
         if value.is_floating_point():
-            scale = float(value.abs().max().clamp_min(1e-12))
-            worst = max(worst, float((got[key] - value).abs().max()) / scale)
-    return worst
+            excess = float(((got[key] - value).abs() / (atol + rtol * value.abs())).max())
+            if excess > worst:
+                worst, name = excess, key
+    assert worst <= 1.0, f"{name} differs by {worst:.3g}x the tolerance"

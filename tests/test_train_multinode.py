@@ -1,6 +1,9 @@
 """Two torchrun agents on this machine acting as two nodes (``--nnodes 2``, one CPU process
 each, c10d rendezvous on localhost, gloo): training, rank-0-only writes, a resume whose final
-weights equal an uninterrupted two-node run, and the error when the nodes do not share --out."""
+weights equal an uninterrupted two-node run, and the error when the nodes do not share --out.
+
+The interrupted run recomputes activations (``model.recompute=blocks``) and the reference does
+not: under DDP, too, recompute gives the plain path's gradients to the bit."""
 
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def test_two_nodes_train_resume_and_match_an_uninterrupted_run(tmp_path):
 
     # Each node gets its own --out: only the node that holds rank 0 may write anything.
     outs = [tmp_path / "node0", tmp_path / "node1"]
-    results = _two_nodes(data, outs, 2)
+    results = _two_nodes(data, outs, 2, "--set", "model.recompute=blocks")
     assert all(code == 0 for code, _ in results), results[0][1][-3000:] + results[1][1][-3000:]
     written = [out for out in outs if out.exists()]
     assert len(written) == 1, f"both nodes wrote into their --out: {written}"
@@ -65,7 +68,8 @@ def test_two_nodes_train_resume_and_match_an_uninterrupted_run(tmp_path):
 
     # Resuming with the shared directory: the per-rank RNG and sampler positions come back,
     # and the weights end bit-identical to the uninterrupted run.
-    results = _two_nodes(data, [run_dir, run_dir], 4, "--resume")
+    results = _two_nodes(data, [run_dir, run_dir], 4, "--resume", "--set",
+                         "model.recompute=blocks")
     assert all(code == 0 for code, _ in results), results[0][1][-3000:] + results[1][1][-3000:]
     assert sum("resumed from" in output for _, output in results) == 1  # rank 0 reports
     assert_same_weights(weights(run_dir), weights(reference))
