@@ -6,10 +6,10 @@ the plain path, on this machine's CPU.
 
 One step = what ``Trainer`` runs: forward, every loss term with Hungarian matching, backward,
 the optimizer (each model's shipped COCO config, 133 classes, 128 slots, drop path on), on
-random batches at the crop. For each model and batch one trainer is built and the recompute
-modes take turns on it (``set_recompute``) for ``--rounds`` rounds after one warm-up step
-each, so a load change on a shared machine hits every mode alike; medians are reported and the
-ratios to ``none``.
+random batches at the crop. For each model and batch one trainer is built, takes one warm-up
+step (it allocates the optimizer state), and then the recompute modes take turns on it
+(``set_recompute``) for ``--rounds`` rounds, so a load change on a shared machine hits every
+mode alike; medians are reported and the ratios to ``none``.
 
 Memory is the step's peak resident-memory increase over the resident size just before it
 (``/proc/self/clear_refs`` resets the peak; freed heap memory is handed back with
@@ -74,8 +74,8 @@ def measure(model: str, crop: int, batch: int, modes: list[str], rounds: int) ->
     batches = itertools.cycle([random_batch(batch, (crop, crop), trainer.criterion.num_classes,
                                             num_things, seed=i) for i in range(2)])
     results: dict[str, dict[str, list[float]]] = {m: {"seconds": [], "peak": []} for m in modes}
-    for round_index in range(rounds + 1):  # round 0: warm-up (and the optimizer state)
-        for mode in modes:
+    for round_index in range(rounds + 1):
+        for mode in modes if round_index else modes[:1]:  # round 0: one warm-up step
             set_recompute(trainer.model, mode)
             _release_freed_memory()
             reset_peak_rss()
@@ -91,7 +91,7 @@ def measure(model: str, crop: int, batch: int, modes: list[str], rounds: int) ->
                   f"peak +{peak / GIB:.2f} GiB", flush=True)
     _release_freed_memory()
     resident = current_rss_bytes() - before
-    print(f"  {model}: model + gradients-free optimizer state resident: {resident / GIB:.2f} GiB")
+    print(f"  {model}: model and optimizer state resident: {resident / GIB:.2f} GiB")
     del trainer
     return results
 
