@@ -2,7 +2,7 @@
 the plain path, on this machine's CPU.
 
     python benchmarks/recompute.py [--models cmt-deeplab-s,max-deeplab-s] [--crop 641]
-        [--batches 1,2] [--modes none,axial,blocks] [--rounds 3] [--threads 2]
+        [--batches 1,2] [--modes none,axial,blocks] [--rounds 3] [--threads 2] [--device cuda]
 
 One step = what ``Trainer`` runs: forward, every loss term with Hungarian matching, backward,
 the optimizer (each model's shipped COCO config, 133 classes, 128 slots, drop path on), on
@@ -16,7 +16,8 @@ Memory is the step's peak resident-memory increase over the resident size just b
 ``malloc_trim`` first), with the model, the gradients of the previous step freed, and the
 optimizer state already resident: the memory a step needs beyond the model and optimizer. That
 is why the trainer's allocator tuning (``run.keep_freed_memory``, which keeps freed memory in
-the process) is off here. The resident model + optimizer state is printed once per model.
+the process) is off here. The resident model + optimizer state is printed once per model. On
+CUDA the peak is ``max_memory_allocated`` above the allocated memory before the step.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ from cmt_deeplab.utils.process_memory import (  # noqa: E402
     reset_peak_rss,
 )
 
-CONFIGS = {"cmt-deeplab-s": "coco_cmt_deeplab_s", "max-deeplab-s": "coco_max_deeplab_s"}
+CONFIGS = {"cmt-deeplab-s": "coco_cmt_deeplab_s", "max-deeplab-s": "coco_max_deeplab_s",
+           "cmt-deeplab-tiny": "synthetic_cmt_deeplab_tiny"}
 GIB = 2**30
 
 
@@ -58,18 +60,53 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _trainer(model: str, crop: int, batch: int) -> Trainer:
-    values = {"run.batch_size": batch, "run.device": "cpu", "run.amp": "none",
+def _trainer(model: str, crop: int, batch: int, device: str) -> Trainer:
+    values = {"run.batch_size": batch, "run.device": device, "run.amp": "none",
               "run.num_workers": 0, "run.eval_every": 0, "run.keep_freed_memory": False,
               "data.train_split": None, "data.val_split": None, "input.crop": [crop, crop]}
     return Trainer(load_train_config(CONFIGS[model], values=values), None, progress=False)
 
 
-def measure(model: str, crop: int, batch: int, modes: list[str], rounds: int) -> dict:
+class _CpuPeak:
+    """The step's peak resident-memory increase (see the module notes)."""
+
+    def start(self) -> None:
+        _release_freed_memory()
+        reset_peak_rss()
+        self.base = current_rss_bytes()
+
+    def stop(self) -> int:
+        return max(0, peak_rss_bytes() - self.base)
+
+    def resident(self) -> int:
+        _release_freed_memory()
+        return current_rss_bytes()
+
+
+class _CudaPeak:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def start(self) -> None:
+        gc.collect()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.base = torch.cuda.memory_allocated(self.device)
+
+    def stop(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) - self.base
+
+    def resident(self) -> int:
+        return torch.cuda.memory_allocated(self.device)
+
+
+def measure(model: str, crop: int, batch: int, modes: list[str], rounds: int,
+            device: str = "cpu") -> dict:
     """``{mode: {"seconds": [...], "peak": [...]}}`` over alternating rounds."""
-    _release_freed_memory()
-    before = current_rss_bytes()
-    trainer = _trainer(model, crop, batch)
+    peak_of_step = _CudaPeak(torch.device(device)) if device.startswith("cuda") else _CpuPeak()
+    before = peak_of_step.resident()
+    trainer = _trainer(model, crop, batch, device)
     num_things = trainer.model.build_kwargs["num_thing_classes"]
     batches = itertools.cycle([random_batch(batch, (crop, crop), trainer.criterion.num_classes,
                                             num_things, seed=i) for i in range(2)])
@@ -77,20 +114,17 @@ def measure(model: str, crop: int, batch: int, modes: list[str], rounds: int) ->
     for round_index in range(rounds + 1):
         for mode in modes if round_index else modes[:1]:  # round 0: one warm-up step
             set_recompute(trainer.model, mode)
-            _release_freed_memory()
-            reset_peak_rss()
-            base = current_rss_bytes()
+            peak_of_step.start()
             start = time.perf_counter()
             trainer._train_step(batches)
+            peak = peak_of_step.stop()
             seconds = time.perf_counter() - start
-            peak = max(0, peak_rss_bytes() - base)
             if round_index:
                 results[mode]["seconds"].append(seconds)
                 results[mode]["peak"].append(peak)
             print(f"  {model} batch {batch} {mode:6} round {round_index}: {seconds:6.2f} s, "
                   f"peak +{peak / GIB:.2f} GiB", flush=True)
-    _release_freed_memory()
-    resident = current_rss_bytes() - before
+    resident = peak_of_step.resident() - before
     print(f"  {model}: model and optimizer state resident: {resident / GIB:.2f} GiB")
     del trainer
     return results
@@ -104,6 +138,7 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(RECOMPUTE_MODES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     modes = args.modes.split(",")
@@ -114,7 +149,7 @@ def main() -> None:
     rows = []
     for model in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            results = measure(model, args.crop, batch, modes, args.rounds)
+            results = measure(model, args.crop, batch, modes, args.rounds, args.device)
             base = results["none"]
             base_peak = statistics.median(base["peak"])
             base_seconds = statistics.median(base["seconds"])
@@ -124,8 +159,10 @@ def main() -> None:
                 rows.append((model, batch, mode, peak, seconds, 1 - peak / base_peak,
                              seconds / base_seconds))
     print(f"\n{report_load()}; {host_probe()}")
-    print(f"\ncrop {args.crop}x{args.crop}, {args.threads} threads, medians of {args.rounds} "
-          "alternating rounds\n")
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") \
+        else f"cpu, {args.threads} threads"
+    print(f"\ncrop {args.crop}x{args.crop}, {where}, medians of {args.rounds} alternating "
+          "rounds\n")
     print("| model | batch | recompute | peak step memory | per image | step time | memory saved "
           "| time ratio |")
     print("|---|---|---|---|---|---|---|---|")
