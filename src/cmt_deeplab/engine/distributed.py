@@ -128,7 +128,7 @@ def reshard_position(
     if images_in_epoch % per_micro_batch == 0:
         return epoch, images_in_epoch // per_micro_batch, (
             f"{change}: the sampler is re-sharded, the steps see the same images in the same "
-            "order; per-process random streams (drop path, loss sampling) and per-process "
+            "order; per-process random streams (drop path, dropout, loss sampling) and per-process "
             "BatchNorm statistics differ from an uninterrupted run")
     return epoch + 1, 0, (
         f"{change}: {images_in_epoch} images of epoch {epoch} are consumed, not a whole number "
