@@ -48,3 +48,38 @@ def test_cost_rejects_unknown_model_and_bad_size(capsys):
     assert "cmt-deeplab-xxl" in capsys.readouterr().err
     assert main(["cost", "--models", "cmt-deeplab-tiny", "--size", "abc"]) == 2
     assert "bad size" in capsys.readouterr().err
+
+
+def test_cost_train_crop_prints_training_memory_beside_the_paper(capsys, monkeypatch):
+    import cmt_deeplab.cli.cost as cost
+
+    calls = []
+
+    def fake_memory(name, crop, device, batch, recompute):
+        calls.append((name, crop, batch, recompute))
+        if name == "cmt-deeplab-s":
+            raise MemoryError("cmt-deeplab-s at 65x65: killed (out of memory)")
+        return 3 * 2**30, "cpu peak RSS increase"
+
+    # The measurement itself (a training step in a fresh process) is tested below on a small
+    # model; here: the columns, the paper's figures and a model that does not fit.
+    monkeypatch.setattr(cost, "measure_training_memory", fake_memory)
+    assert main(["cost", "--models", "max-deeplab-s,cmt-deeplab-s", "--size", "65",
+                 "--no-timing", "--train-crop", "65", "--recompute", "blocks"]) == 0
+    out = capsys.readouterr().out
+    assert calls == [("max-deeplab-s", (65, 65), 1, "blocks"),
+                     ("cmt-deeplab-s", (65, 65), 1, "blocks")]
+    assert "train mem / image" in out and "paper train mem" in out
+    max_row = next(line for line in out.splitlines() if line.startswith("max-deeplab-s"))
+    assert "3.00 GiB" in max_row and "6.3G" in max_row
+    cmt_row = next(line for line in out.splitlines() if line.startswith("cmt-deeplab-s"))
+    assert "did not fit" in cmt_row and "10.2G" in cmt_row
+    assert "recompute blocks" in out and "out of memory" in out
+
+
+def test_training_memory_is_measured_in_a_fresh_process():
+    from cmt_deeplab.utils.cost import measure_training_memory
+
+    plain, kind = measure_training_memory("cmt-deeplab-tiny", (65, 65), "cpu", num_classes=6,
+                                          num_thing_classes=3, num_slots=8)
+    assert plain > 0 and kind == "cpu peak RSS increase"

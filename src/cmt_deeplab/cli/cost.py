@@ -10,11 +10,11 @@ import json
 import torch
 
 from cmt_deeplab.cli.main import UserError
-from cmt_deeplab.models import list_models
+from cmt_deeplab.models import RECOMPUTE_MODES, list_models
 from cmt_deeplab.utils.cost import measure_cost, measure_training_memory
 
 JSON_KEYS = ("model", "params", "params_paper", "gmacs", "fps", "latency_s", "peak_mem_bytes",
-             "train_mem_bytes")
+             "train_mem_bytes", "train_mem_kind", "train_crop", "train_recompute")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -42,7 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Markdown table with the paper's Table 2 figures beside ours")
     parser.add_argument("--train-crop", metavar="HxW", default=None,
                         help="also measure training memory per image at this crop "
-                             "(one step: forward, losses, backward)")
+                             "(one step: forward, losses, backward), beside the paper's")
+    parser.add_argument("--recompute", choices=RECOMPUTE_MODES, default="none",
+                        help="with --train-crop: the model.recompute mode of that step")
+    parser.add_argument("--train-batch", type=int, default=1, metavar="B",
+                        help="with --train-crop: images in that step (memory is per image)")
     parser.add_argument("--no-timing", action="store_true", help="counts only (no forward)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards (median)")
@@ -66,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
         row = measure_cost(name, height, width, timing=not args.no_timing, device=device,
                            repeats=args.repeats)
         if train_crop is not None:
-            row.train_mem_bytes, row.train_mem_kind = measure_training_memory(name, train_crop, device)
-            row.train_crop = train_crop
+            row.train_crop, row.train_recompute = train_crop, args.recompute
+            try:
+                row.train_mem_bytes, row.train_mem_kind = measure_training_memory(
+                    name, train_crop, device, args.train_batch, args.recompute)
+            except MemoryError as error:  # the others are still worth printing
+                row.train_mem_kind = f"did not fit: {error}"
         rows.append(row)
     print(format_rows(rows, args.format))
     return 0
@@ -87,7 +95,11 @@ def format_rows(rows: list, fmt: str) -> str:
         writer.writeheader()
         writer.writerows(dicts)
         return buffer.getvalue().rstrip()
+    from cmt_deeplab.demo.report import PAPER_TABLE2
+
+    training = any(d["train_crop"] for d in dicts)
     header = ("model", "size", "params", "paper params", "GMACs", "latency s", "FPS", "peak mem")
+    header += ("train mem / image", "paper train mem") if training else ()
     table = [header]
     for d in dicts:
         timed = d["latency_s"] is not None
@@ -96,14 +108,36 @@ def format_rows(rows: list, fmt: str) -> str:
             f"{d['gmacs']:.1f}", f"{d['latency_s']:.3f}" if timed else "-",
             f"{d['fps']:.2f}" if timed else "-",
             f"{d['peak_mem_bytes'] / 2**20:.0f} MiB" if timed else "-",
-        ))
+        ) + ((_train_memory(d), PAPER_TABLE2.get(d["model"], {}).get("memory", "-"))
+             if training else ()))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in table]
     if dicts and dicts[0]["device"]:
         lines.append(f"device: {dicts[0]['device']}; peak mem = {dicts[0]['peak_mem_kind']} of one forward")
     lines.append("GMACs: multiply-accumulates (= paper 'FLOPs'), torch FlopCounterMode / 2, on the meta device")
+    if training:
+        lines += _training_notes(dicts)
     return "\n".join(lines)
+
+
+def _train_memory(row: dict) -> str:
+    if not row["train_mem_bytes"]:
+        return "did not fit" if row["train_mem_kind"] else "-"
+    return f"{row['train_mem_bytes'] / 2**30:.2f} GiB"
+
+
+def _training_notes(rows: list[dict]) -> list[str]:
+    """What the training-memory columns hold; the reason of each step that did not fit."""
+    crop = next(d["train_crop"] for d in rows if d["train_crop"])
+    kind = next((d["train_mem_kind"] for d in rows if d["train_mem_bytes"]), None)
+    notes = [f"train mem: one training step (forward, losses, backward; recompute "
+             f"{rows[0]['train_recompute']}) at crop {crop[0]}x{crop[1]}, per image"
+             + (f", {kind}" if kind else "")
+             + "; paper: TPUv4, 1200x800, batch 1 (Table 2)"]
+    notes += [f"{d['model']}: {d['train_mem_kind']}" for d in rows
+              if d["train_crop"] and not d["train_mem_bytes"] and d["train_mem_kind"]]
+    return notes
 
 
 def format_markdown(rows: list[dict]) -> str:
@@ -119,7 +153,8 @@ def format_markdown(rows: list[dict]) -> str:
         paper = PAPER_TABLE2.get(d["model"], {})
         fps = f"{d['fps']:.2f}" if d["fps"] is not None else "-"
         memory = (f"{d['train_mem_bytes'] / 2**30:.2f} GiB ({d['train_mem_kind']}, crop "
-                  f"{d['train_crop'][0]}x{d['train_crop'][1]})" if d["train_mem_bytes"] else "-")
+                  f"{d['train_crop'][0]}x{d['train_crop'][1]}, recompute "
+                  f"{d['train_recompute']})" if d["train_mem_bytes"] else _train_memory(d))
         lines.append(
             f"| {d['model']} | {d['height']}x{d['width']} | {d['params_paper'] / 1e6:.1f}M | "
             f"{paper.get('params', '-')} | {d['gmacs']:.1f} | {paper.get('gflops', '-')} | {fps} | "

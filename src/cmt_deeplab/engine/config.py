@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from cmt_deeplab.losses.criterion import LossConfig
+from cmt_deeplab.models.layers.recompute import RECOMPUTE_MODES
 
 AMP_MODES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adam")
@@ -33,11 +34,14 @@ OPTIMIZERS = ("adamw", "adam")
 
 @dataclass
 class ModelSection:
-    """Which registered model, how many slots, and ``build_model`` overrides."""
+    """Which registered model, how many slots, ``build_model`` overrides, and what to
+    recompute in backward to save memory (``none``, ``axial`` or ``blocks``:
+    ``models/layers/recompute.py``)."""
 
     name: str = "cmt-deeplab-s"
     num_slots: int = 128
     overrides: dict[str, Any] = field(default_factory=dict)
+    recompute: str = "none"
 
 
 @dataclass
@@ -199,6 +203,8 @@ class TrainConfig:
             (0 <= sched.end_lr_factor <= 1, "schedule.end_lr_factor must lie in [0, 1]",
              sched.end_lr_factor),
             (self.model.num_slots >= 1, "model.num_slots must be >= 1", self.model.num_slots),
+            (self.model.recompute in RECOMPUTE_MODES,
+             f"model.recompute must be one of {RECOMPUTE_MODES}", self.model.recompute),
             (self.evaluation.method in ("pixelwise", "maskwise"),
              "evaluation.method must be 'pixelwise' or 'maskwise'", self.evaluation.method),
             (self.evaluation.batch_size >= 1, "evaluation.batch_size must be >= 1",

@@ -54,7 +54,12 @@ from cmt_deeplab.engine.checkpoint import (
 )
 from cmt_deeplab.engine.config import TrainConfig
 from cmt_deeplab.engine.data import has_split, open_split, random_batch, train_transform
-from cmt_deeplab.engine.distributed import DistributedContext, ResumableSampler
+from cmt_deeplab.engine.distributed import (
+    DistributedContext,
+    ResumableSampler,
+    check_same_checkpoint,
+    reshard_position,
+)
 from cmt_deeplab.engine.evaluate import evaluate_model
 from cmt_deeplab.engine.optim import build_optimizer, build_scheduler
 from cmt_deeplab.losses.criterion import PanopticCriterion
@@ -65,7 +70,7 @@ from cmt_deeplab.utils.io import atomic_write_json, atomic_write_text
 from cmt_deeplab.utils.process_memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
 #: Settings that do not change the trained weights (no resume warning when they change).
-_BOOKKEEPING_KEYS = {"run.num_workers", "run.keep_freed_memory", "run.log_every",
+_BOOKKEEPING_KEYS = {"model.recompute", "run.num_workers", "run.keep_freed_memory", "run.log_every",
                      "run.save_every", "run.keep_last", "run.eval_every", "run.time_limit_s", "data.skip_bad",
                      "data.val_split", "data.val_images", "data.val_annotations",
                      "data.val_panoptic_dir", "input.eval_size"}
@@ -113,6 +118,10 @@ class Trainer:
                 f"run.accumulate = {self.dist.world_size} x {run.accumulate}"
             )
         self.micro_batch = run.batch_size // per_step
+        if not resume and self.dist.restarted(self.device):
+            # torchrun restarted the workers (a worker or node failed): continue from the newest
+            # complete training state, as --resume does.
+            resume = self.resume = True
         self.amp_dtype = _amp_dtype(run.amp, self.device)
         if self.device.type == "cpu" and run.keep_freed_memory:
             keep_freed_memory()
@@ -142,11 +151,12 @@ class Trainer:
 
         num_classes, num_things = ((self.info.num_classes, self.info.num_thing_classes)
                                    if self.info is not None else _DEFAULT_CLASSES)
-        from cmt_deeplab.models.registry import build_model
+        from cmt_deeplab.models import build_model, set_recompute
 
         model = build_model(config.model.name, num_classes=num_classes,
                             num_thing_classes=num_things, num_slots=config.model.num_slots,
                             **config.model.overrides)
+        set_recompute(model, config.model.recompute)
         self.model = model.to(self.device).train()
         self.memory_format = (torch.channels_last if run.channels_last
                               else torch.contiguous_format)
@@ -211,7 +221,7 @@ class Trainer:
                     bar.total = self.total_steps
                 if run.log_every and (self.step % run.log_every == 0
                                       or self.step == self.total_steps):
-                    last = {name: float(value) for name, value in losses.items()}
+                    last = self.dist.mean_over_ranks(losses)  # the whole batch's mean
                     self._log(last, grad_norm)
                     lr = self.optimizer.param_groups[-1]["lr"]
                     bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{lr:.2e}")
@@ -362,6 +372,9 @@ class Trainer:
                 "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch,
                 "world_size": self.dist.world_size,
+                # Images of this epoch consumed by all processes: the position another world
+                # size resumes from (engine.distributed.reshard_position).
+                "images_in_epoch": self.batch_in_epoch * self.micro_batch * self.dist.world_size,
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "rng": rng_states,
@@ -387,6 +400,8 @@ class Trainer:
 
     def _restore(self) -> None:
         checkpoint = latest_checkpoint(self.out_dir)
+        check_same_checkpoint(self.dist.gather_objects(checkpoint and checkpoint.name),
+                              self.out_dir)
         if checkpoint is None:
             if self.dist.is_main:
                 tqdm.write(f"--resume: no complete training state in {self.out_dir}; "
@@ -402,10 +417,14 @@ class Trainer:
         state = loaded["state"]
         self._warn_config_changes()
         if state.get("world_size", 1) != self.dist.world_size:
-            warnings.warn(f"resuming a run of {state.get('world_size')} processes with "
-                          f"{self.dist.world_size}: the data order changes", stacklevel=2)
-            state["batch_in_epoch"] = 0
-            state["epoch"] = state.get("epoch", 0) + 1
+            run = self.config.run
+            consumed = state.get("images_in_epoch",
+                                 state["batch_in_epoch"] * run.batch_size // run.accumulate)
+            position = reshard_position(state["epoch"], consumed, state.get("world_size", 1),
+                                        self.micro_batch, self.dist.world_size)
+            state["epoch"], state["batch_in_epoch"], note = position
+            if self.dist.is_main:
+                warnings.warn(note, stacklevel=2)
         self.step = loaded["step"]
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
@@ -424,9 +443,13 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.eval_history = list(state.get("eval_history") or [])
         rng = state["rng"]
-        mine = rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0]
-        restore_rng_state(mine["global"])
-        self.loss_generator.set_state(mine["loss"])
+        if self.dist.rank < len(rng):
+            restore_rng_state(rng[self.dist.rank]["global"])
+            self.loss_generator.set_state(rng[self.dist.rank]["loss"])
+        else:  # a process the saved run did not have: fresh streams of its own
+            _seed_everything(self.config.run.seed + 1_000_003 * self.dist.rank + self.step)
+            self.loss_generator.manual_seed(self.config.run.seed * 7919 + self.dist.rank
+                                            + self.step)
         if self.dist.is_main:
             tqdm.write(f"resumed from {checkpoint} (step {self.step}, epoch {self.epoch})")
 
@@ -485,11 +508,12 @@ class Trainer:
     def _train_step(
         self, batches: Iterator | None = None
     ) -> tuple[dict[str, torch.Tensor], float | None]:
-        """One optimizer step over ``run.accumulate`` micro-batches; returns the last
-        micro-batch's loss terms (detached) and the gradient norm (if it was computed)."""
+        """One optimizer step over ``run.accumulate`` micro-batches; returns this process's
+        loss terms averaged over them (detached) and the gradient norm (if it was computed)."""
         run = self.config.run
         step = self.step + 1
         losses: dict[str, torch.Tensor] = {}
+        step_losses = None  # the loss terms stacked, summed over the micro-batches
         for micro in range(run.accumulate):
             images, targets = next(batches) if batches is not None else self._next_batch()
             images = images.to(self.device, non_blocking=True,
@@ -512,6 +536,8 @@ class Trainer:
                     raise FloatingPointError(
                         f"non-finite loss at step {step} ({where}); stopped before the "
                         f"optimizer step, nothing written{self._last_good()}")
+                stacked = torch.stack([value.detach() for value in losses.values()])
+                step_losses = stacked if step_losses is None else step_losses + stacked
                 loss = losses["loss"] / run.accumulate
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
@@ -525,7 +551,7 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {name: value.detach() for name, value in losses.items()}, grad_norm
+        return dict(zip(losses, (step_losses / run.accumulate).unbind(), strict=True)), grad_norm
 
     def _check_and_clip_gradients(self, step: int) -> float | None:
         """Raises on a non-finite gradient (naming the parameter); clips if configured.

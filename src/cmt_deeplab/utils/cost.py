@@ -8,6 +8,7 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -32,6 +33,7 @@ class CostRow:
     train_mem_bytes: int | None = None
     train_mem_kind: str | None = None
     train_crop: tuple[int, int] | None = None
+    train_recompute: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,31 +132,78 @@ def _device_name(device: torch.device) -> str:
 
 def measure_training_memory(
     name: str, crop: tuple[int, int], device: str | torch.device = "cpu", batch_size: int = 1,
-    **kwargs,
+    recompute: str = "none", **kwargs,
 ) -> tuple[int, str]:
     """Peak memory per image of one training step (forward, losses with matching, backward)
     at ``crop``: CUDA peak allocated, or on CPU the peak resident-memory increase.
 
+    ``recompute`` is the ``model.recompute`` mode (``models/layers/recompute.py``).
     Returns ``(bytes_per_image, kind)``; the optimizer state is not included. On the CPU the
     step runs in a fresh process: memory a previous forward left to the allocator would
     otherwise hide part of the peak.
+
+    Raises:
+        MemoryError: the step did not fit (the CPU process failed to allocate or was killed).
     """
     if torch.device(device).type == "cpu":
-        import multiprocessing
+        return _in_fresh_process(name, crop, batch_size, recompute, kwargs)
+    return _training_memory(name, crop, device, batch_size, recompute, **kwargs)
 
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            return pool.apply(_training_memory, (name, crop, "cpu", batch_size), kwargs)
-    return _training_memory(name, crop, device, batch_size, **kwargs)
+
+def _in_fresh_process(
+    name: str, crop: tuple[int, int], batch_size: int, recompute: str, kwargs: dict
+) -> tuple[int, str]:
+    """``_training_memory`` on the CPU in a spawned process. A process, not a pool: a step that
+    does not fit may get the process killed by the kernel, which a pool would wait on forever."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_report_training_memory,
+                              args=(sender, name, crop, batch_size, recompute, kwargs))
+    process.start()
+    sender.close()
+    try:
+        result = receiver.recv()
+    except EOFError:
+        result = None
+    process.join()
+    if result is None and process.exitcode == -9:
+        raise MemoryError(f"{name} at {crop[0]}x{crop[1]}: the training step was killed "
+                          "(SIGKILL: usually the kernel's out-of-memory killer)")
+    if result is None:
+        raise RuntimeError(f"the training-memory process of {name} exited with code "
+                           f"{process.exitcode}")
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _report_training_memory(
+    sender: Any, name: str, crop: tuple[int, int], batch_size: int, recompute: str,
+    kwargs: dict,
+) -> None:
+    try:
+        result: Any = _training_memory(name, crop, "cpu", batch_size, recompute, **kwargs)
+    except RuntimeError as error:  # "DefaultCPUAllocator: can't allocate memory"
+        result = MemoryError(f"{name} at {crop[0]}x{crop[1]}: {error}") \
+            if "allocate" in str(error) else error
+    except Exception as error:  # noqa: BLE001  (handed to the parent, which raises it)
+        result = error
+    sender.send(result)
+    sender.close()
 
 
 def _training_memory(
-    name: str, crop: tuple[int, int], device: str | torch.device, batch_size: int, **kwargs
+    name: str, crop: tuple[int, int], device: str | torch.device, batch_size: int,
+    recompute: str = "none", **kwargs,
 ) -> tuple[int, str]:
     from cmt_deeplab.engine.data import random_batch
     from cmt_deeplab.losses import PanopticCriterion
+    from cmt_deeplab.models import set_recompute
 
     device = torch.device(device)
-    model = build_model(name, **kwargs).to(device).train()
+    model = set_recompute(build_model(name, **kwargs), recompute).to(device).train()
     spec = model_spec(model).kwargs
     criterion = PanopticCriterion(spec["num_classes"])
     images, targets = random_batch(batch_size, crop, spec["num_classes"], spec["num_thing_classes"])

@@ -20,6 +20,7 @@ from torch import nn
 
 from cmt_deeplab.models.layers.blocks import ResidualBlock
 from cmt_deeplab.models.layers.drop_path import drop_path_keep_prob
+from cmt_deeplab.models.layers.recompute import run_block, run_transformer
 
 #: ``factory(pixel_channels, drop_path_keep_prob, transformer_expansion) -> nn.Module``
 TransformerFactory = Callable[[int, float, float], nn.Module]
@@ -132,6 +133,7 @@ class BlockGroup(nn.Module):
             else:
                 self.transformers.append(nn.Identity())
         self.out_channels = channels
+        self.recompute = "none"  # layers/recompute.py: set_recompute(model, mode)
 
     @property
     def has_transformer(self) -> bool:
@@ -144,7 +146,7 @@ class BlockGroup(nn.Module):
         state: TransformerState | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         for block, transformer in zip(self.blocks, self.transformers, strict=True):
-            x = block(x)
+            x = run_block(block, x, self.recompute)
             if not isinstance(transformer, nn.Identity):
-                x, memory = transformer(x, memory, state)
+                x, memory = run_transformer(transformer, x, memory, state, self.recompute)
         return x, memory

@@ -1,0 +1,175 @@
+"""Peak training memory and step time with activation recompute (``model.recompute``) against
+the plain path, on this machine's CPU.
+
+    python benchmarks/recompute.py [--models cmt-deeplab-s,max-deeplab-s] [--crop 641]
+        [--batches 1,2] [--modes none,axial,blocks] [--rounds 3] [--threads 2] [--device cuda]
+
+One step = what ``Trainer`` runs: forward, every loss term with Hungarian matching, backward,
+the optimizer (each model's shipped COCO config, 133 classes, 128 slots, drop path on), on
+random batches at the crop. For each model and batch one trainer is built, takes one warm-up
+step (it allocates the optimizer state), and then the recompute modes take turns on it
+(``set_recompute``) for ``--rounds`` rounds, so a load change on a shared machine hits every
+mode alike; medians are reported and the ratios to ``none``.
+
+Memory is the step's peak resident-memory increase over the resident size just before it
+(``/proc/self/clear_refs`` resets the peak; freed heap memory is handed back with
+``malloc_trim`` first), with the model, the gradients of the previous step freed, and the
+optimizer state already resident: the memory a step needs beyond the model and optimizer. That
+is why the trainer's allocator tuning (``run.keep_freed_memory``, which keeps freed memory in
+the process) is off here. The resident model + optimizer state is printed once per model. On
+CUDA the peak is ``max_memory_allocated`` above the allocated memory before the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import itertools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import host_probe, report_load  # noqa: E402
+
+from cmt_deeplab.engine.config import load_train_config  # noqa: E402
+from cmt_deeplab.engine.data import random_batch  # noqa: E402
+from cmt_deeplab.engine.trainer import Trainer  # noqa: E402
+from cmt_deeplab.models import RECOMPUTE_MODES, set_recompute  # noqa: E402
+from cmt_deeplab.utils.process_memory import (  # noqa: E402
+    current_rss_bytes,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
+
+CONFIGS = {"cmt-deeplab-s": "coco_cmt_deeplab_s", "max-deeplab-s": "coco_max_deeplab_s",
+           "cmt-deeplab-tiny": "synthetic_cmt_deeplab_tiny"}
+GIB = 2**30
+
+
+def _release_freed_memory() -> None:
+    gc.collect()
+    # Not glibc: the peak then includes memory the allocator kept.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _trainer(model: str, crop: int, batch: int, device: str) -> Trainer:
+    values = {"run.batch_size": batch, "run.device": device, "run.amp": "none",
+              "run.num_workers": 0, "run.eval_every": 0, "run.keep_freed_memory": False,
+              "data.train_split": None, "data.val_split": None, "input.crop": [crop, crop]}
+    return Trainer(load_train_config(CONFIGS[model], values=values), None, progress=False)
+
+
+class _CpuPeak:
+    """The step's peak resident-memory increase (see the module notes)."""
+
+    def start(self) -> None:
+        _release_freed_memory()
+        reset_peak_rss()
+        self.base = current_rss_bytes()
+
+    def stop(self) -> int:
+        return max(0, peak_rss_bytes() - self.base)
+
+    def resident(self) -> int:
+        _release_freed_memory()
+        return current_rss_bytes()
+
+
+class _CudaPeak:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def start(self) -> None:
+        gc.collect()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.base = torch.cuda.memory_allocated(self.device)
+
+    def stop(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) - self.base
+
+    def resident(self) -> int:
+        return torch.cuda.memory_allocated(self.device)
+
+
+def measure(model: str, crop: int, batch: int, modes: list[str], rounds: int,
+            device: str = "cpu") -> dict:
+    """``{mode: {"seconds": [...], "peak": [...]}}`` over alternating rounds."""
+    peak_of_step = _CudaPeak(torch.device(device)) if device.startswith("cuda") else _CpuPeak()
+    before = peak_of_step.resident()
+    trainer = _trainer(model, crop, batch, device)
+    num_things = trainer.model.build_kwargs["num_thing_classes"]
+    batches = itertools.cycle([random_batch(batch, (crop, crop), trainer.criterion.num_classes,
+                                            num_things, seed=i) for i in range(2)])
+    results: dict[str, dict[str, list[float]]] = {m: {"seconds": [], "peak": []} for m in modes}
+    for round_index in range(rounds + 1):
+        for mode in modes if round_index else modes[:1]:  # round 0: one warm-up step
+            set_recompute(trainer.model, mode)
+            peak_of_step.start()
+            start = time.perf_counter()
+            trainer._train_step(batches)
+            peak = peak_of_step.stop()
+            seconds = time.perf_counter() - start
+            if round_index:
+                results[mode]["seconds"].append(seconds)
+                results[mode]["peak"].append(peak)
+            print(f"  {model} batch {batch} {mode:6} round {round_index}: {seconds:6.2f} s, "
+                  f"peak +{peak / GIB:.2f} GiB", flush=True)
+    resident = peak_of_step.resident() - before
+    print(f"  {model}: model and optimizer state resident: {resident / GIB:.2f} GiB")
+    del trainer
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(CONFIGS))
+    parser.add_argument("--crop", type=int, default=641)
+    parser.add_argument("--batches", default="1,2")
+    parser.add_argument("--modes", default=",".join(RECOMPUTE_MODES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    modes = args.modes.split(",")
+    if modes[0] != "none":
+        parser.error("--modes must start with none (the baseline of the ratios)")
+    print(report_load())
+    print(host_probe(), flush=True)
+    rows = []
+    for model in args.models.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            results = measure(model, args.crop, batch, modes, args.rounds, args.device)
+            base = results["none"]
+            base_peak = statistics.median(base["peak"])
+            base_seconds = statistics.median(base["seconds"])
+            for mode in modes:
+                peak = statistics.median(results[mode]["peak"])
+                seconds = statistics.median(results[mode]["seconds"])
+                rows.append((model, batch, mode, peak, seconds, 1 - peak / base_peak,
+                             seconds / base_seconds))
+    print(f"\n{report_load()}; {host_probe()}")
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") \
+        else f"cpu, {args.threads} threads"
+    print(f"\ncrop {args.crop}x{args.crop}, {where}, medians of {args.rounds} alternating "
+          "rounds\n")
+    print("| model | batch | recompute | peak step memory | per image | step time | memory saved "
+          "| time ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model, batch, mode, peak, seconds, saved, ratio in rows:
+        print(f"| {model} | {batch} | {mode} | {peak / GIB:.2f} GiB | {peak / batch / GIB:.2f} GiB "
+              f"| {seconds:.2f} s | {100 * saved:.0f}% | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
