@@ -41,7 +41,7 @@ from _common import host_probe, report_load  # noqa: E402
 from cmt_deeplab.engine.config import load_train_config  # noqa: E402
 from cmt_deeplab.engine.data import random_batch  # noqa: E402
 from cmt_deeplab.engine.trainer import Trainer  # noqa: E402
-from cmt_deeplab.models import RECOMPUTE_MODES, set_recompute  # noqa: E402
+from cmt_deeplab.models import RECOMPUTE_MODES, model_spec, set_recompute  # noqa: E402
 from cmt_deeplab.utils.process_memory import (  # noqa: E402
     current_rss_bytes,
     peak_rss_bytes,
@@ -107,7 +107,7 @@ def measure(model: str, crop: int, batch: int, modes: list[str], rounds: int,
     peak_of_step = _CudaPeak(torch.device(device)) if device.startswith("cuda") else _CpuPeak()
     before = peak_of_step.resident()
     trainer = _trainer(model, crop, batch, device)
-    num_things = trainer.model.build_kwargs["num_thing_classes"]
+    num_things = model_spec(trainer.model).kwargs["num_thing_classes"]
     batches = itertools.cycle([random_batch(batch, (crop, crop), trainer.criterion.num_classes,
                                             num_things, seed=i) for i in range(2)])
     results: dict[str, dict[str, list[float]]] = {m: {"seconds": [], "peak": []} for m in modes}
