@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from cmt_deeplab.engine.checkpoint import read_safetensors
+from cmt_deeplab.model_dir import read_safetensors
 
 #: Runs ``cmt-deeplab`` with BatchNorm on its running statistics and no dropout (see the file).
 BATCH_INDEPENDENT_MAIN = str(Path(__file__).with_name("_batch_independent_main.py"))

@@ -254,15 +254,12 @@ def test_checkpoint_directory_end_to_end(images: Path, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     import cmt_deeplab
+    from cmt_deeplab import model_dir
 
-    checkpoint = pytest.importorskip("cmt_deeplab.engine.checkpoint")
-    if not hasattr(cmt_deeplab, "build_model"):
-        pytest.skip("cmt_deeplab.build_model (model registry) is not available yet")
-    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     model = cmt_deeplab.build_model("max-deeplab-tiny", num_classes=INFO.num_classes,
                                     num_thing_classes=INFO.num_thing_classes)
-    directory = checkpoint.save_model_dir(tmp_path / "ckpt", model, {
+    directory = model_dir.save_model_dir(tmp_path / "ckpt", model, {
         "data": INFO.to_dict(), "input": {"crop": [97, 97], "eval_size": [65, 65]}})
     # Thresholds at 0 so that the random model's maps are not all void.
     loose = {"class_threshold": 0.0, "pixel_threshold": 0.0, "thing_area_limit": 0,

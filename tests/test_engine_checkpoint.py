@@ -12,16 +12,14 @@ import yaml
 
 import cmt_deeplab
 from cmt_deeplab.data.synthetic import synthetic_dataset_info
-from cmt_deeplab.engine.checkpoint import (
-    capture_rng_state,
+from cmt_deeplab.engine.rng_state import capture_rng_state, restore_rng_state
+from cmt_deeplab.engine.training_state import (
     latest_checkpoint,
     list_checkpoints,
-    load_model_dir,
     load_training_state,
-    restore_rng_state,
-    save_model_dir,
     save_training_state,
 )
+from cmt_deeplab.model_dir import load_model_dir, save_model_dir
 from cmt_deeplab.models import ModelSpec, attach_model_spec
 
 INFO = synthetic_dataset_info()

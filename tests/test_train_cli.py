@@ -12,7 +12,7 @@ import yaml
 
 from cmt_deeplab.cli import main as cli_main
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
-from cmt_deeplab.engine.checkpoint import load_model_dir
+from cmt_deeplab.model_dir import load_model_dir
 
 TINY = ["--model", "cmt-deeplab-tiny", "--crop", "33", "--batch-size", "2",
         "--set", "model.num_slots=8", "--no-progress"]

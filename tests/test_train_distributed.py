@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
-from cmt_deeplab.engine.checkpoint import list_checkpoints, load_model_dir, load_training_state
+from cmt_deeplab.engine.training_state import list_checkpoints, load_training_state
+from cmt_deeplab.model_dir import load_model_dir
 
 
 def _free_port() -> int:

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
-from cmt_deeplab.engine.checkpoint import latest_checkpoint, list_checkpoints, read_safetensors
 from cmt_deeplab.engine.config import load_train_config
 from cmt_deeplab.engine.trainer import Trainer
+from cmt_deeplab.engine.training_state import latest_checkpoint, list_checkpoints
+from cmt_deeplab.model_dir import read_safetensors
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from _torchrun import (
     worker_rank,
 )
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
-from cmt_deeplab.engine.checkpoint import list_checkpoints
+from cmt_deeplab.engine.training_state import list_checkpoints
 
 STEPS = 8
 SETTINGS = ("--batch-size", "4", "--steps", str(STEPS), "--save-every", "2", "--set",

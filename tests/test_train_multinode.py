@@ -18,7 +18,8 @@ from _torchrun import (
     weights,
 )
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
-from cmt_deeplab.engine.checkpoint import list_checkpoints, load_model_dir, load_training_state
+from cmt_deeplab.engine.training_state import list_checkpoints, load_training_state
+from cmt_deeplab.model_dir import load_model_dir
 
 #: Drop path on (per-rank global RNG streams) and a constant learning rate after a 1-step
 #: warm-up, so that a 2-step run resumed to 4 steps follows the same schedule as a 4-step run.

@@ -10,7 +10,8 @@ import sys
 import time
 
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
-from cmt_deeplab.engine.checkpoint import list_checkpoints, load_training_state, read_safetensors
+from cmt_deeplab.engine.training_state import list_checkpoints, load_training_state
+from cmt_deeplab.model_dir import read_safetensors
 
 N = 4
 

@@ -12,22 +12,10 @@ import torch
 from cmt_deeplab.cli.main import UserError
 from cmt_deeplab.models import RECOMPUTE_MODES, list_models
 from cmt_deeplab.utils.cost import measure_cost, measure_training_memory
+from cmt_deeplab.utils.size import parse_size
 
 JSON_KEYS = ("model", "params", "params_paper", "gmacs", "fps", "latency_s", "peak_mem_bytes",
              "train_mem_bytes", "train_mem_kind", "train_crop", "train_recompute")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"800x1200"`` (H x W) or ``"641"`` -> ``(H, W)``."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        raise UserError(f"bad size {text!r}; expected HxW, e.g. 800x1200") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 2:
-        raise UserError(f"bad size {text!r}; expected HxW with both sides >= 2")
-    return parts[0], parts[1]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    height, width = parse_size(args.size)
+    height, width = parse_size(args.size, "--size")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     valid = list_models()
     for name in names:
@@ -64,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    train_crop = parse_size(args.train_crop) if args.train_crop else None
+    train_crop = parse_size(args.train_crop, "--train-crop") if args.train_crop else None
     rows = []
     for name in names:
         row = measure_cost(name, height, width, timing=not args.no_timing, device=device,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cmt_deeplab.cli.common import add_speed_arguments, load_model, parse_device
 from cmt_deeplab.cli.main import UserError
-from cmt_deeplab.cli.predict import _device, add_speed_arguments, load_model, parse_size
 from cmt_deeplab.data.arguments import add_data_arguments, dataset_from_args
+from cmt_deeplab.utils.size import parse_size
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,14 +33,14 @@ def run(args: argparse.Namespace) -> int:
     from cmt_deeplab.utils.io import atomic_write_json
 
     dataset = dataset_from_args(args, skip_bad=args.skip_bad)
-    device = _device(args.device)
+    device = parse_device(args.device)
     model, info, default_size = load_model(args, device)
     if [c.id for c in info.categories] != [c.id for c in dataset.info.categories]:
         if args.checkpoint:
             raise UserError("the checkpoint's categories differ from the dataset's; evaluate on "
                             "data with the categories the model was trained on")
         model, info = _rebuild_for(args.model, dataset.info), dataset.info
-    size = parse_size(args.size) if args.size else default_size
+    size = parse_size(args.size, "--size") if args.size else default_size
     result = evaluate_model(model, dataset, size, device=device, method=args.method,
                             max_images=args.max_images, batch_size=args.batch_size, progress=True,
                             precision=args.precision, compile=args.compile)

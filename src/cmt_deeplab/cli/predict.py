@@ -24,18 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
 from tqdm import tqdm
 
+from cmt_deeplab.cli.common import add_speed_arguments, load_model, parse_device
 from cmt_deeplab.cli.main import UserError
 from cmt_deeplab.data.image_io import load_image
-from cmt_deeplab.data.metadata import DatasetInfo
 from cmt_deeplab.data.panoptic_png import write_panoptic_png
 from cmt_deeplab.inference.post_processing import POST_PROCESSORS
-from cmt_deeplab.inference.predictor import PRECISIONS, Predictor, checkpoint_size
-from cmt_deeplab.utils.device import resolve_device
+from cmt_deeplab.inference.predictor import Predictor
 from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_json
+from cmt_deeplab.utils.size import parse_size
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: Seconds between rewrites of predictions.json during a run (always written at the end).
@@ -84,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.categories and not args.model:
         raise UserError("--categories applies to --model only (a checkpoint has its own)")
-    size = parse_size(args.size) if args.size else None
-    device = _device(args.device)
+    size = parse_size(args.size, "--size") if args.size else None
+    device = parse_device(args.device)
     inputs = find_images(args.input)
     image_ids = _image_ids(inputs, args.image_info)
 
@@ -187,65 +185,6 @@ def find_images(spec: str) -> list[Path]:
                             f"{image.stem}.png; rename one")
         by_stem[image.stem] = image
     return images
-
-
-def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--precision`` and ``--compile``, shared by ``predict`` and ``evaluate``."""
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
-                        help="autocast precision (bf16/fp16 on CUDA; bf16 also on recent CPUs)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model (falls back to eager if compiling fails)")
-
-
-def parse_size(text: str) -> int | tuple[int, int]:
-    """``"641"`` -> 641; ``"641x1025"`` -> ``(641, 1025)`` (height x width)."""
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts) < 2:
-        raise UserError(f"--size must be S or HxW with sizes >= 2, got {text!r}")
-    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
-
-
-def load_model(
-    args: argparse.Namespace, device: torch.device | None
-) -> tuple[nn.Module, DatasetInfo, int | tuple[int, int]]:
-    """The model, its categories and its default canvas, from ``--checkpoint`` or ``--model``."""
-    if args.checkpoint:
-        path = Path(args.checkpoint)
-        if not path.is_dir():
-            raise FileNotFoundError(f"checkpoint directory not found: {path}")
-        from cmt_deeplab.engine.checkpoint import load_model_dir
-
-        model, config = load_model_dir(path, device)
-        return model, DatasetInfo.from_dict(config["data"]), checkpoint_size(config)
-    import cmt_deeplab
-
-    info = DatasetInfo.from_json(args.categories) if args.categories else _coco_info()
-    # An unknown name raises a ValueError that lists the registered ones.
-    model = cmt_deeplab.build_model(args.model, num_classes=info.num_classes,
-                                    num_thing_classes=info.num_thing_classes)
-    return model, info, 641
-
-
-def _coco_info() -> DatasetInfo:
-    from cmt_deeplab.data import metadata
-
-    coco = getattr(metadata, "coco_panoptic_info", None)
-    if coco is None:
-        raise UserError("no COCO category list is bundled in this version; "
-                        "pass --categories JSON (e.g. COCO's panoptic_coco_categories.json)")
-    return coco()
-
-
-def _device(name: str | None) -> torch.device | None:
-    if name is None:
-        return None
-    try:
-        return resolve_device(name, "--device")
-    except ValueError as error:
-        raise UserError(str(error)) from None
 
 
 def _image_ids(inputs: list[Path], image_info: str | None) -> dict[Path, int | str]:

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cmt_deeplab.cli.common import size_argument
 from cmt_deeplab.cli.main import UserError
 from cmt_deeplab.data.arguments import add_data_arguments
 
@@ -64,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, metavar="N", help="optimizer steps (run.steps)")
     parser.add_argument("--batch-size", type=int, metavar="B",
                         help="images per step over all processes (run.batch_size)")
-    parser.add_argument("--crop", type=_parse_crop, metavar="HxW",
+    parser.add_argument("--crop", type=size_argument("--crop"), metavar="HxW",
                         help="training crop, S or HxW (input.crop)")
     parser.add_argument("--lr", type=float, metavar="X", help="base learning rate")
     parser.add_argument("--seed", type=int, metavar="K")
@@ -156,12 +157,3 @@ def run(args: argparse.Namespace) -> int:
               f"{pq}; model written to {Path(args.out) / 'model.safetensors'}")
     return 0
 
-
-def _parse_crop(text: str) -> list[int]:
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts) < 2:
-        raise argparse.ArgumentTypeError(f"--crop must be S or HxW with sizes >= 2, got {text!r}")
-    return parts * 2 if len(parts) == 1 else parts

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cmt_deeplab.cli.common import load_model
 from cmt_deeplab.cli.main import UserError
-from cmt_deeplab.cli.predict import load_model, parse_size
+from cmt_deeplab.utils.size import parse_size
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             slots = [int(s) for s in args.slots.split(",") if s.strip()]
         except ValueError:
             raise UserError(f"--slots must be comma-separated integers, got {args.slots!r}") from None
-    result = visualize(model, info, args.image, parse_size(args.size), slots, args.max_slots,
+    result = visualize(model, info, args.image, parse_size(args.size, "--size"), slots, args.max_slots,
                        compare, args.device)
     written = save_visualization(result, args.out)
     print(format_density(result))

@@ -31,20 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from cmt_deeplab.data.metadata import IGNORE_LABEL
+from cmt_deeplab.utils.size import parse_size
 
 #: Value of each label map where the crop extends past the image.
 _PAD_VALUES = {"masks": False, "void": True, "semantic": IGNORE_LABEL, "panoptic": 0}
 
 Rng = np.random.Generator | torch.Generator | None
-
-
-def _as_size(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        size = (size, size)
-    height, width = (int(v) for v in size)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"sizes must be positive, got {size}")
-    return height, width
 
 
 def _numpy_rng(rng: Rng, fallback: np.random.Generator) -> np.random.Generator:
@@ -151,7 +143,7 @@ class TrainTransform:
             raise ValueError(f"scale_step must be >= 0, got {scale_step}")
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob must lie in [0, 1], got {flip_prob}")
-        self.crop_size = _as_size(crop_size)
+        self.crop_size = parse_size(crop_size, "crop_size", minimum=1)
         self.min_scale, self.max_scale, self.scale_step = min_scale, max_scale, scale_step
         self.resize_to_crop = resize_to_crop
         self.flip_prob = flip_prob
@@ -201,7 +193,7 @@ class EvalTransform:
         if resize_longer is not None and resize_longer <= 0:
             raise ValueError(f"resize_longer must be positive, got {resize_longer}")
         self.resize_longer = resize_longer
-        self.pad_to = None if pad_to is None else _as_size(pad_to)
+        self.pad_to = None if pad_to is None else parse_size(pad_to, "pad_to", minimum=1)
 
     def __call__(self, sample: dict[str, Any], rng: Rng = None) -> dict[str, Any]:
         height, width = sample["image"].shape[-2:]

@@ -115,9 +115,8 @@ def train(root: Path, run_dir: Path, settings: DemoSettings, seed: int, progress
 
 def evaluate(root: Path, run_dir: Path, out: Path) -> dict:
     from cmt_deeplab.data.coco_panoptic import CocoPanopticDataset, resolve_split
-    from cmt_deeplab.engine.checkpoint import load_model_dir
     from cmt_deeplab.engine.evaluate import evaluate_model
-    from cmt_deeplab.inference.predictor import checkpoint_size
+    from cmt_deeplab.model_dir import checkpoint_size, load_model_dir
 
     path = out / "metrics.json"
     if path.exists():
@@ -174,9 +173,7 @@ def predict(root: Path, run_dir: Path, out: Path, settings: DemoSettings,
 
 def maps(root: Path, run_dir: Path, out: Path) -> dict:
     from cmt_deeplab.data.coco_panoptic import resolve_split
-    from cmt_deeplab.data.metadata import DatasetInfo
-    from cmt_deeplab.engine.checkpoint import load_model_dir
-    from cmt_deeplab.inference.predictor import checkpoint_size
+    from cmt_deeplab.model_dir import checkpoint_size, dataset_info, load_model_dir
     from cmt_deeplab.visualization.visualize import save_visualization, visualize
 
     folder = out / "maps"
@@ -184,7 +181,7 @@ def maps(root: Path, run_dir: Path, out: Path) -> dict:
         _log("maps: done before")
         return json.loads((folder / "density.json").read_text())
     model, config = load_model_dir(run_dir, "cpu")
-    info = DatasetInfo.from_dict(config["data"])
+    info = dataset_info(config)
     image = sorted(resolve_split(root, "val").images_dir.iterdir())[0]
     _log(f"maps: clustering and attention at every layer for {image.name}")
     result = visualize(model, info, image, size=checkpoint_size(config), max_slots=4, device="cpu")

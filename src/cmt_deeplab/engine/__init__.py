@@ -1,7 +1,8 @@
-"""Training engine: checkpoints, the training config, the optimizer and schedule, the Trainer.
+"""Training engine: the training config, training states, the optimizer and schedule, the
+periodic evaluation and the Trainer.
 
-Names are imported lazily (PEP 562), so ``from cmt_deeplab.engine.checkpoint import ...`` (used
-by ``predict``) does not import the trainer and its dependencies.
+Names are imported lazily (PEP 562), so importing one light submodule (``engine.config``) does
+not import the trainer and its dependencies.
 """
 
 from __future__ import annotations
@@ -9,12 +10,10 @@ from __future__ import annotations
 from cmt_deeplab.utils.lazy_exports import lazy_exports
 
 _EXPORTS = {
-    "latest_checkpoint": "checkpoint",
-    "list_checkpoints": "checkpoint",
-    "load_model_dir": "checkpoint",
-    "load_training_state": "checkpoint",
-    "save_model_dir": "checkpoint",
-    "save_training_state": "checkpoint",
+    "latest_checkpoint": "training_state",
+    "list_checkpoints": "training_state",
+    "load_training_state": "training_state",
+    "save_training_state": "training_state",
     "TrainConfig": "config",
     "load_train_config": "config",
     "resolve_config_path": "config",

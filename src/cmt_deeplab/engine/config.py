@@ -27,6 +27,7 @@ import yaml
 
 from cmt_deeplab.losses.criterion import LossConfig
 from cmt_deeplab.models.layers.recompute import RECOMPUTE_MODES
+from cmt_deeplab.utils.size import parse_size
 
 AMP_MODES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adam")
@@ -69,9 +70,9 @@ class InputSection:
     eval_size: list[int] | None = None
 
     def __post_init__(self) -> None:
-        self.crop = _size_pair(self.crop, "input.crop")
+        self.crop = list(parse_size(self.crop, "input.crop"))
         if self.eval_size is not None:
-            self.eval_size = _size_pair(self.eval_size, "input.eval_size")
+            self.eval_size = list(parse_size(self.eval_size, "input.eval_size"))
 
 
 @dataclass
@@ -391,10 +392,3 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return value
     raise AssertionError(f"unhandled config type {hint} at {key}")
 
-
-def _size_pair(value: Any, key: str) -> list[int]:
-    if isinstance(value, int):
-        value = [value, value]
-    if len(value) != 2 or min(value) < 2:
-        raise ValueError(f"{key} must be S or [H, W] with sizes >= 2, got {value!r}")
-    return [int(v) for v in value]

@@ -41,17 +41,6 @@ from tqdm import tqdm
 
 from cmt_deeplab.data.collate import collate_batch
 from cmt_deeplab.data.metadata import DatasetInfo
-from cmt_deeplab.engine.checkpoint import (
-    capture_rng_state,
-    latest_checkpoint,
-    list_checkpoints,
-    load_training_state,
-    restore_rng_state,
-    save_model_dir,
-    save_training_state,
-    to_plain,
-    unwrap_model,
-)
 from cmt_deeplab.engine.config import TrainConfig
 from cmt_deeplab.engine.data import has_split, open_split, random_batch, train_transform
 from cmt_deeplab.engine.distributed import (
@@ -62,11 +51,20 @@ from cmt_deeplab.engine.distributed import (
 )
 from cmt_deeplab.engine.evaluate import evaluate_model
 from cmt_deeplab.engine.optim import build_optimizer, build_scheduler
+from cmt_deeplab.engine.rng_state import capture_rng_state, restore_rng_state
+from cmt_deeplab.engine.training_state import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_training_state,
+    save_training_state,
+)
 from cmt_deeplab.losses.criterion import PanopticCriterion
+from cmt_deeplab.model_dir import save_model_dir, unwrap_model
 from cmt_deeplab.models.registry import model_spec
 from cmt_deeplab.utils.allocator import keep_freed_memory
 from cmt_deeplab.utils.device import resolve_device
 from cmt_deeplab.utils.io import atomic_write_json, atomic_write_text
+from cmt_deeplab.utils.plain import to_plain
 from cmt_deeplab.utils.process_memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
 #: Settings that do not change the trained weights (no resume warning when they change).

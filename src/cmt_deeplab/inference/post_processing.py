@@ -30,6 +30,7 @@ import torch
 from cmt_deeplab.data.metadata import IGNORE_LABEL, DatasetInfo
 from cmt_deeplab.inference.resize import logits_to_output_matrix
 from cmt_deeplab.inference.result import PanopticResult, segments_from_panoptic
+from cmt_deeplab.utils.size import parse_size
 
 #: deeplab2's area limits (thing, stuff) at a 641x641 crop; 256/4096 at 1025 is the same density.
 REFERENCE_AREA_LIMITS = (100.0, 1600.0)
@@ -75,9 +76,10 @@ class _Geometry:
     ) -> _Geometry:
         mask_h, mask_w = pred_masks.shape[-2:]
         # Crops are 32k+1 (641, 1025, ...), for which h = ceil(H / 4) means H = 4 (h - 1) + 1.
-        input_size = _pair(input_size or (4 * (mask_h - 1) + 1, 4 * (mask_w - 1) + 1), "input")
-        valid_size = _pair(valid_size or input_size, "valid")
-        out_size = _pair(out_size, "output")
+        input_size = parse_size(input_size or (4 * (mask_h - 1) + 1, 4 * (mask_w - 1) + 1),
+                                "input_size", minimum=1)
+        valid_size = parse_size(valid_size or input_size, "valid_size", minimum=1)
+        out_size = parse_size(out_size, "out_size", minimum=1)
         if valid_size[0] > input_size[0] or valid_size[1] > input_size[1]:
             raise ValueError(f"valid size {valid_size} exceeds the input size {input_size}")
         default_thing, default_stuff = default_area_limits(input_size, valid_size, out_size)
@@ -325,10 +327,3 @@ def _check_inputs(pred_logits: torch.Tensor, pred_masks: torch.Tensor, info: Dat
     zero_stuff = [c.name for c in info.categories if c.id <= 0 and not c.isthing]
     if zero_stuff:
         raise ValueError(f"stuff categories need ids >= 1 (0 is void): {zero_stuff}")
-
-
-def _pair(size: tuple[int, int] | list[int], what: str) -> tuple[int, int]:
-    height, width = (int(v) for v in size)
-    if height < 1 or width < 1:
-        raise ValueError(f"{what} size must be positive, got {tuple(size)}")
-    return height, width

@@ -31,6 +31,8 @@ from cmt_deeplab.data.transforms import resize_crop_pad
 from cmt_deeplab.inference.fast import optimize_for_inference
 from cmt_deeplab.inference.post_processing import POST_PROCESSORS
 from cmt_deeplab.inference.result import PanopticResult
+from cmt_deeplab.model_dir import checkpoint_size, dataset_info, load_model_dir
+from cmt_deeplab.utils.size import parse_size
 
 ImageInput = str | Path | np.ndarray | Image.Image
 
@@ -105,7 +107,7 @@ class Predictor:
         self._forward: Any = torch.compile(self.model, dynamic=False) if compile else self.model
         self._compile_pending = compile
         self.info = info
-        self.canvas = _canvas_size(size)
+        self.canvas = parse_size(size, "size")
         self.method = method
         self.batch_size = batch_size
         self.thresholds = thresholds
@@ -123,11 +125,9 @@ class Predictor:
         ``size`` defaults to the checkpoint's evaluation canvas (``input.eval_size``, else its
         training ``input.crop``), else 641. Other keyword arguments go to the constructor.
         """
-        from cmt_deeplab.engine.checkpoint import load_model_dir
-
         device = torch.device(device) if device is not None else _default_device()
         model, config = load_model_dir(path, device)
-        info = DatasetInfo.from_dict(config["data"])
+        info = dataset_info(config)
         if size is None:
             size = checkpoint_size(config)
         kwargs.setdefault("inplace", True)  # the model is ours: no copy needed
@@ -230,20 +230,6 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     if image.dtype != np.uint8:
         image = np.clip(np.rint(image.astype(np.float64)), 0, 255).astype(np.uint8)
     return image
-
-
-def checkpoint_size(config: dict[str, Any], default: int = 641) -> int | tuple[int, int]:
-    """The canvas a checkpoint was evaluated at: ``input.eval_size``, else ``input.crop``."""
-    section = config.get("input") or {}
-    size = section.get("eval_size") or section.get("crop")
-    return default if size is None else (size if isinstance(size, int) else tuple(size))
-
-
-def _canvas_size(size: int | Sequence[int]) -> tuple[int, int]:
-    height, width = (size, size) if isinstance(size, int) else (int(v) for v in size)
-    if height < 2 or width < 2:
-        raise ValueError(f"size must be at least 2 pixels, got {size}")
-    return height, width
 
 
 def _default_device() -> torch.device:
