@@ -309,12 +309,13 @@ def test_stacked_outputs_equal_one_output_at_a_time(sample_k, stack_bytes, monke
     output's terms equal those computed for it alone (same matching, same sampling draws),
     also when one output has a different pixel-feature width and goes its own way, and when
     the stacking budget keeps every output alone."""
-    from cmt_deeplab.losses import criterion as criterion_module
-    from cmt_deeplab.losses.criterion import pq_loss_weights, slot_for_gt
+    from cmt_deeplab.losses import stacking
     from cmt_deeplab.losses.mask_id_loss import pixel_target_slot
+    from cmt_deeplab.losses.matcher import slot_for_gt
+    from cmt_deeplab.losses.pq_loss import pq_loss_weights
 
     if stack_bytes is not None:
-        monkeypatch.setattr(criterion_module, "_STACK_BYTES", stack_bytes)
+        monkeypatch.setattr(stacking, "STACK_BYTES", stack_bytes)
 
     outputs = _random_outputs(num_aux=3)
     gen = torch.Generator().manual_seed(9)

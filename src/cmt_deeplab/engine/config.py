@@ -13,10 +13,7 @@ dotted keys. An unknown key anywhere is an error naming it, and values are type-
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from cmt_deeplab.losses.criterion import LossConfig
+from cmt_deeplab.engine.typed_config import build_dataclass, fix_yaml_number
+from cmt_deeplab.losses.config import LossConfig
 from cmt_deeplab.models.layers.recompute import RECOMPUTE_MODES
 from cmt_deeplab.utils.size import parse_size
 
@@ -174,7 +172,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> TrainConfig:
         """Builds a config from a (sparse) mapping; unknown keys and bad types name the key."""
-        return _build(cls, data or {}, "")
+        return build_dataclass(cls, data or {})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -270,15 +268,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as error:
         raise ValueError(f"--set {key}: cannot parse value {raw!r}: {error}") from None
-    if isinstance(value, str):
-        # YAML 1.1 reads exponents without a dot ("3e-4") as strings; a user means a number.
-        with contextlib.suppress(ValueError):
-            value = float(value) if _looks_numeric(value) else value
-    return key, value
-
-
-def _looks_numeric(text: str) -> bool:
-    return any(ch.isdigit() for ch in text) and text.strip().lower() not in ("nan", "inf")
+    return key, fix_yaml_number(value)
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -309,86 +299,4 @@ def load_train_config(
     for key, value in (values or {}).items():
         set_dotted(data, key, value)
     return TrainConfig.from_dict(data)
-
-
-# --- typed construction --------------------------------------------------------------------
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    where = prefix.rstrip(".") or "the config"
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{where} must be a mapping, got {type(data).__name__} {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(
-            f"unknown config key {prefix + unknown[0]!r}"
-            + (f" (and {', '.join(repr(prefix + k) for k in unknown[1:])})" if unknown[1:] else "")
-            + f"; known keys{' under ' + repr(where) if prefix else ''}: {', '.join(sorted(fields))}"
-        )
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: {error}" if prefix else str(error)) from None
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value if value is not None else {}, f"{key}.")
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        last_error: Exception | None = None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ValueError as error:
-                last_error = error
-        assert last_error is not None
-        raise last_error
-    if hint is Any:
-        return value
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        if isinstance(value, int) and not isinstance(value, bool) and item is int:
-            return value  # a square size; InputSection turns it into [S, S]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key {key!r} must be a list, got {value!r}")
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ValueError(f"config key {key!r} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)  # 1e4 in YAML is a float
-            raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            raise ValueError(f"config key {key!r} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"config key {key!r} must be a string, got {value!r}")
-        return value
-    raise AssertionError(f"unhandled config type {hint} at {key}")
 

@@ -1,6 +1,7 @@
 """Hungarian matcher and the MaX-DeepLab / CMT-DeepLab losses (fact sheet §6)."""
 
-from cmt_deeplab.losses.criterion import LossConfig, PanopticCriterion
+from cmt_deeplab.losses.config import LossConfig
+from cmt_deeplab.losses.criterion import PanopticCriterion
 from cmt_deeplab.losses.instance_discrimination import (
     instance_discrimination_loss,
     pixel_contrastive_loss,
