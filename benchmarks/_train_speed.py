@@ -27,11 +27,10 @@ from _common import (
     report_load,
 )
 
+from cmt_deeplab.data.random_batch import random_batch
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
 from cmt_deeplab.engine.config import load_train_config
-from cmt_deeplab.engine.data import random_batch
 from cmt_deeplab.engine.trainer import Trainer
-from cmt_deeplab.models import model_spec
 
 
 def _trainer_step(config_name: str, values: dict, data_root: Path | None,
@@ -46,14 +45,12 @@ def _trainer_step(config_name: str, values: dict, data_root: Path | None,
         values["data.train_split"] = None
     trainer = Trainer(load_train_config(config_name, values=values), None, progress=False)
     if trainer.train_dataset is not None:
-        trainer._build_loader()
-        batches = [trainer._next_batch() for _ in range(4)]
+        batches = [trainer.next_batch() for _ in range(4)]
     else:
-        num_things = model_spec(trainer.model).kwargs["num_thing_classes"]
-        batches = [random_batch(batch, crop, trainer.criterion.num_classes, num_things, seed=i)
-                   for i in range(2)]
+        batches = [random_batch(batch, crop, trainer.num_classes, trainer.num_thing_classes,
+                                seed=i) for i in range(2)]
     cycle = itertools.cycle(batches)
-    return (lambda: trainer._train_step(cycle)), batch
+    return (lambda: trainer.train_step(cycle)), batch
 
 
 def _mask2former_step(size: int, batch: int) -> tuple[Callable[[], None], int]:

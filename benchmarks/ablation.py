@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_cpu import PRESETS, _data  # noqa: E402
 
 from cmt_deeplab.engine.config import load_train_config  # noqa: E402
-from cmt_deeplab.engine.data import open_split  # noqa: E402
 from cmt_deeplab.engine.evaluate import evaluate_model  # noqa: E402
 from cmt_deeplab.engine.trainer import Trainer  # noqa: E402
 from cmt_deeplab.utils.io import atomic_write_json  # noqa: E402
@@ -69,7 +68,7 @@ def run_one(data_root: Path, out: Path, overrides: dict, seed: int, steps: int |
     trainer = Trainer(config, out, progress=progress)
     trainer.train()
     ev = config.evaluation
-    result = evaluate_model(trainer.model, open_split(config.data, "val"), config.eval_size,
+    result = evaluate_model(trainer.model, config.data.open("val"), config.eval_size,
                             trainer.device, ev.method, 0, ev.batch_size)
     return {"pq": 100 * result["All"]["pq"], "pq_things": 100 * result["Things"]["pq"],
             "pq_stuff": 100 * result["Stuff"]["pq"], "seconds": time.perf_counter() - start,

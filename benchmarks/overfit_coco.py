@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from cmt_deeplab.engine.config import load_train_config
-from cmt_deeplab.engine.data import open_split
 from cmt_deeplab.engine.evaluate import evaluate_model
 from cmt_deeplab.engine.trainer import Trainer
 
@@ -90,7 +89,7 @@ def main() -> None:
     summary = trainer.train()
     train_seconds = time.perf_counter() - start
 
-    dataset = open_split(config.data, "val")
+    dataset = config.data.open("val")
     result = evaluate_model(trainer.model, dataset, config.eval_size, trainer.device,
                             config.evaluation.method, 0, 2)
     names = {c.id: c.name for c in dataset.info.categories}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cmt_deeplab.data import panoptic_png
 from cmt_deeplab.evaluation import pq_compute
-from cmt_deeplab.evaluation.synthetic import write_random_dataset
+from cmt_deeplab.evaluation.random_pairs import write_random_dataset
 
 
 def _reference(paths: dict[str, Path], results_file: Path) -> dict:

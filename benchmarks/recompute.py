@@ -38,15 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import host_probe, report_load  # noqa: E402
 
+from cmt_deeplab.data.random_batch import random_batch  # noqa: E402
 from cmt_deeplab.engine.config import load_train_config  # noqa: E402
-from cmt_deeplab.engine.data import random_batch  # noqa: E402
 from cmt_deeplab.engine.trainer import Trainer  # noqa: E402
-from cmt_deeplab.models import RECOMPUTE_MODES, model_spec, set_recompute  # noqa: E402
-from cmt_deeplab.utils.process_memory import (  # noqa: E402
-    current_rss_bytes,
-    peak_rss_bytes,
-    reset_peak_rss,
-)
+from cmt_deeplab.models import RECOMPUTE_MODES, set_recompute  # noqa: E402
+from cmt_deeplab.utils.process_memory import current_rss_bytes, track_peak_memory  # noqa: E402
 
 CONFIGS = {"cmt-deeplab-s": "coco_cmt_deeplab_s", "max-deeplab-s": "coco_max_deeplab_s",
            "cmt-deeplab-tiny": "synthetic_cmt_deeplab_tiny"}
@@ -67,64 +63,38 @@ def _trainer(model: str, crop: int, batch: int, device: str) -> Trainer:
     return Trainer(load_train_config(CONFIGS[model], values=values), None, progress=False)
 
 
-class _CpuPeak:
-    """The step's peak resident-memory increase (see the module notes)."""
-
-    def start(self) -> None:
-        _release_freed_memory()
-        reset_peak_rss()
-        self.base = current_rss_bytes()
-
-    def stop(self) -> int:
-        return max(0, peak_rss_bytes() - self.base)
-
-    def resident(self) -> int:
-        _release_freed_memory()
-        return current_rss_bytes()
-
-
-class _CudaPeak:
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def start(self) -> None:
-        gc.collect()
-        torch.cuda.synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        self.base = torch.cuda.memory_allocated(self.device)
-
-    def stop(self) -> int:
-        torch.cuda.synchronize(self.device)
-        return torch.cuda.max_memory_allocated(self.device) - self.base
-
-    def resident(self) -> int:
-        return torch.cuda.memory_allocated(self.device)
+def _resident(device: torch.device) -> int:
+    """Memory held now: resident (after handing freed heap back) or CUDA allocated."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    _release_freed_memory()
+    return current_rss_bytes()
 
 
 def measure(model: str, crop: int, batch: int, modes: list[str], rounds: int,
             device: str = "cpu") -> dict:
     """``{mode: {"seconds": [...], "peak": [...]}}`` over alternating rounds."""
-    peak_of_step = _CudaPeak(torch.device(device)) if device.startswith("cuda") else _CpuPeak()
-    before = peak_of_step.resident()
+    torch_device = torch.device(device)
+    before = _resident(torch_device)
     trainer = _trainer(model, crop, batch, device)
-    num_things = model_spec(trainer.model).kwargs["num_thing_classes"]
-    batches = itertools.cycle([random_batch(batch, (crop, crop), trainer.criterion.num_classes,
-                                            num_things, seed=i) for i in range(2)])
+    batches = itertools.cycle([random_batch(batch, (crop, crop), trainer.num_classes,
+                                            trainer.num_thing_classes, seed=i) for i in range(2)])
     results: dict[str, dict[str, list[float]]] = {m: {"seconds": [], "peak": []} for m in modes}
     for round_index in range(rounds + 1):
         for mode in modes if round_index else modes[:1]:  # round 0: one warm-up step
             set_recompute(trainer.model, mode)
-            peak_of_step.start()
-            start = time.perf_counter()
-            trainer._train_step(batches)
-            peak = peak_of_step.stop()
+            _release_freed_memory()
+            with track_peak_memory(torch_device) as memory:
+                start = time.perf_counter()
+                trainer.train_step(batches)
+            peak = memory.increase
             seconds = time.perf_counter() - start
             if round_index:
                 results[mode]["seconds"].append(seconds)
                 results[mode]["peak"].append(peak)
             print(f"  {model} batch {batch} {mode:6} round {round_index}: {seconds:6.2f} s, "
                   f"peak +{peak / GIB:.2f} GiB", flush=True)
-    resident = peak_of_step.resident() - before
+    resident = _resident(torch_device) - before
     print(f"  {model}: model and optimizer state resident: {resident / GIB:.2f} GiB")
     del trainer
     return results

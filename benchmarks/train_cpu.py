@@ -30,7 +30,6 @@ import torch
 
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
 from cmt_deeplab.engine.config import load_train_config
-from cmt_deeplab.engine.data import open_split
 from cmt_deeplab.engine.evaluate import evaluate_model
 from cmt_deeplab.engine.trainer import Trainer
 
@@ -99,7 +98,7 @@ def main() -> None:
     # The final score on every held-out image (the periodic evaluations may use fewer).
     start = time.perf_counter()
     ev = config.evaluation
-    result = evaluate_model(trainer.model, open_split(config.data, "val"), config.eval_size,
+    result = evaluate_model(trainer.model, config.data.open("val"), config.eval_size,
                             trainer.device, ev.method, 0, ev.batch_size,
                             class_threshold=ev.class_threshold,
                             pixel_threshold=ev.pixel_threshold)

@@ -78,8 +78,8 @@ def test_cost_train_crop_prints_training_memory_beside_the_paper(capsys, monkeyp
 
 
 def test_training_memory_is_measured_in_a_fresh_process():
-    from cmt_deeplab.utils.cost import measure_training_memory
+    from cmt_deeplab.cost import measure_training_memory
 
     plain, kind = measure_training_memory("cmt-deeplab-tiny", (65, 65), "cpu", num_classes=6,
                                           num_thing_classes=3, num_slots=8)
-    assert plain > 0 and kind == "cpu peak RSS increase"
+    assert plain > 0 and kind == "CPU peak RSS increase"

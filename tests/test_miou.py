@@ -11,7 +11,7 @@ import pytest
 from cmt_deeplab.data.metadata import DatasetInfo
 from cmt_deeplab.data.panoptic_png import read_panoptic_png, write_panoptic_png
 from cmt_deeplab.evaluation import evaluate_panoptic, image_panoptic_stats, semantic_miou
-from cmt_deeplab.evaluation.synthetic import write_random_dataset
+from cmt_deeplab.evaluation.random_pairs import write_random_dataset
 
 CATEGORIES = [
     {"id": 10, "name": "sky", "isthing": 0},

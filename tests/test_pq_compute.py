@@ -22,8 +22,8 @@ from cmt_deeplab.evaluation import (
     summarize_pq,
     write_per_class_csv,
 )
+from cmt_deeplab.evaluation.random_pairs import RANDOM_CATEGORIES, write_random_dataset
 from cmt_deeplab.evaluation.report import CSV_COLUMNS
-from cmt_deeplab.evaluation.synthetic import RANDOM_CATEGORIES, write_random_dataset
 
 COCO_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_panoptic_sample"
 CATEGORIES = [

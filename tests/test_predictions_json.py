@@ -16,7 +16,7 @@ from cmt_deeplab.evaluation import (
     panoptic_eval,
     pq_compute,
 )
-from cmt_deeplab.evaluation.synthetic import write_random_dataset
+from cmt_deeplab.evaluation.random_pairs import write_random_dataset
 
 
 @pytest.fixture()

@@ -113,7 +113,7 @@ def test_a_longer_resumed_run_follows_the_new_schedule(tmp_path):
     trainer(2, 1e-3).train()
     longer = trainer(4, 2e-3)
     with pytest.warns(UserWarning, match="changed settings: optimizer.lr, run.steps"):
-        longer._restore()
+        longer.resume_latest()
     assert longer.step == 2
     for group in longer.optimizer.param_groups:
         scale = 0.1 if group["name"].startswith("backbone") else 1.0

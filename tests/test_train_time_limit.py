@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-import cmt_deeplab.engine.trainer as trainer_module
+import cmt_deeplab.engine.time_budget as time_budget
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
 from cmt_deeplab.engine.config import load_train_config
 from cmt_deeplab.engine.trainer import Trainer
@@ -22,8 +22,8 @@ def data_root(tmp_path_factory):
 def _run(data_root, out, monkeypatch, fit: bool):
     """A 10,000-step plan with a 100 s limit on a fake clock: every step takes 1 s."""
     clock = [0.0]
-    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
-    monkeypatch.setattr(trainer_module, "_REPLAN_EVERY", 5)
+    monkeypatch.setattr(time_budget, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(time_budget, "REPLAN_EVERY", 5)
     config = load_train_config(None, [
         "model.name=cmt-deeplab-tiny", "model.num_slots=8", f"data.root={data_root}",
         "data.train_split=train", "input.crop=33", "run.batch_size=2", "run.steps=10000",
@@ -31,13 +31,13 @@ def _run(data_root, out, monkeypatch, fit: bool):
         "run.time_limit_s=100", f"run.fit_time_limit={str(fit).lower()}",
     ])
     trainer = Trainer(config, out, progress=False)
-    step = trainer._train_step
+    step = trainer.train_step
 
     def timed_step(*args, **kwargs):
         clock[0] += 1.0
         return step(*args, **kwargs)
 
-    trainer._train_step = timed_step
+    trainer.train_step = timed_step
     return trainer, trainer.train()
 
 

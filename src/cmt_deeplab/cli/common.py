@@ -14,6 +14,7 @@ from cmt_deeplab.cli.main import UserError
 from cmt_deeplab.data.metadata import DatasetInfo
 from cmt_deeplab.inference.predictor import PRECISIONS
 from cmt_deeplab.model_dir import DEFAULT_SIZE, checkpoint_size, dataset_info, load_model_dir
+from cmt_deeplab.models.registry import build_model
 from cmt_deeplab.utils.device import resolve_device
 from cmt_deeplab.utils.size import parse_size
 
@@ -28,11 +29,9 @@ def load_model(
             raise FileNotFoundError(f"checkpoint directory not found: {args.checkpoint}")
         model, config = load_model_dir(args.checkpoint, device)
         return model, dataset_info(config), checkpoint_size(config)
-    import cmt_deeplab
-
     info = DatasetInfo.from_json(args.categories) if args.categories else coco_info()
     # An unknown name raises a ValueError that lists the registered ones.
-    model = cmt_deeplab.build_model(args.model, num_classes=info.num_classes,
+    model = build_model(args.model, num_classes=info.num_classes,
                                     num_thing_classes=info.num_thing_classes)
     return model, info, DEFAULT_SIZE
 

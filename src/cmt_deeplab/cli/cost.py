@@ -10,8 +10,8 @@ import json
 import torch
 
 from cmt_deeplab.cli.main import UserError
+from cmt_deeplab.cost import PAPER_TABLE2, measure_cost, measure_training_memory
 from cmt_deeplab.models import RECOMPUTE_MODES, list_models
-from cmt_deeplab.utils.cost import measure_cost, measure_training_memory
 from cmt_deeplab.utils.size import parse_size
 
 JSON_KEYS = ("model", "params", "params_paper", "gmacs", "fps", "latency_s", "peak_mem_bytes",
@@ -83,8 +83,6 @@ def format_rows(rows: list, fmt: str) -> str:
         writer.writeheader()
         writer.writerows(dicts)
         return buffer.getvalue().rstrip()
-    from cmt_deeplab.demo.report import PAPER_TABLE2
-
     training = any(d["train_crop"] for d in dicts)
     header = ("model", "size", "params", "paper params", "GMACs", "latency s", "FPS", "peak mem")
     header += ("train mem / image", "paper train mem") if training else ()
@@ -130,8 +128,6 @@ def _training_notes(rows: list[dict]) -> list[str]:
 
 def format_markdown(rows: list[dict]) -> str:
     """Ours beside the paper's Table 2 (V100 FPS, TPUv4 training memory, 1200x800)."""
-    from cmt_deeplab.demo.report import PAPER_TABLE2
-
     lines = [
         "| model | size | params | paper params | GMACs | paper GFLOPs | FPS | paper FPS "
         "| train mem / image | paper train mem |",

@@ -58,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _rebuild_for(name: str, info):
-    import cmt_deeplab
+    from cmt_deeplab.models.registry import build_model
 
-    return cmt_deeplab.build_model(name, num_classes=info.num_classes,
-                                   num_thing_classes=info.num_thing_classes)
+    return build_model(name, num_classes=info.num_classes, num_thing_classes=info.num_thing_classes)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cmt_deeplab.cost import count_model_parameters
 from cmt_deeplab.models import list_models, model_entry
-from cmt_deeplab.utils.cost import count_model_parameters
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 
 from cmt_deeplab.cli.common import size_argument
 from cmt_deeplab.cli.main import UserError
-from cmt_deeplab.data.arguments import add_data_arguments
+from cmt_deeplab.data.arguments import add_data_arguments, split_from_args
+from cmt_deeplab.data.splits import PATH_FIELDS
 
 #: Flag -> dotted config key; given flags override ``--config`` and ``--set``.
 _FLAG_KEYS = {
@@ -36,19 +37,6 @@ _FLAG_KEYS = {
     "num_workers": "run.num_workers",
     "time_limit": "run.time_limit_s",
 }
-_DATA_KEYS = {
-    "data": "data.root",
-    "train_split": "data.train_split",
-    "val_split": "data.val_split",
-    "train_images": "data.train_images",
-    "train_annotations": "data.train_annotations",
-    "train_panoptic_dir": "data.train_panoptic_dir",
-    "val_images": "data.val_images",
-    "val_annotations": "data.val_annotations",
-    "val_panoptic_dir": "data.val_panoptic_dir",
-}
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -100,21 +88,23 @@ def build_config(args: argparse.Namespace) -> Any:
     from cmt_deeplab.engine.config import load_train_config
 
     values: dict[str, Any] = {}
-    for attribute, key in {**_DATA_KEYS, **_FLAG_KEYS}.items():
+    for attribute, key in _FLAG_KEYS.items():
         value = getattr(args, attribute, None)
         if value is not None:
-            values[key] = str(value) if isinstance(value, Path) else value
+            values[key] = value
+    if args.data is not None:
+        values["data.root"] = str(args.data)
+    for split in ("train", "val"):
+        source, _ = split_from_args(args, f"--{split}-split")
+        if source.given:
+            # Data given on the command line replaces the config's split entirely.
+            for field in ("split", *PATH_FIELDS):
+                value = getattr(source, field)
+                values[f"data.{split}_{field}"] = str(value) if value is not None else None
     if getattr(args, "skip_bad", False):
         values["data.skip_bad"] = True
     if getattr(args, "fit_time_limit", False):
         values["run.fit_time_limit"] = True
-    if args.train_split is not None or args.train_images is not None:
-        # Data given on the command line replaces the config's train split entirely.
-        for name in ("train_split", "train_images", "train_annotations", "train_panoptic_dir"):
-            values.setdefault(f"data.{name}", None)
-    if args.val_split is not None or args.val_images is not None:
-        for name in ("val_split", "val_images", "val_annotations", "val_panoptic_dir"):
-            values.setdefault(f"data.{name}", None)
     return load_train_config(args.config, args.overrides, values)
 
 
@@ -133,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.dry_run and not args.out:
         raise UserError("--out DIR is required (where checkpoints and the model go)")
 
-    from cmt_deeplab.engine.trainer import Trainer, format_bytes
+    from cmt_deeplab.engine.trainer import Trainer
+    from cmt_deeplab.utils.process_memory import format_bytes
 
     trainer = Trainer(config, None if args.dry_run else args.out, resume=args.resume,
                       progress=not args.no_progress)

@@ -1,7 +1,8 @@
 """Command-line data options shared by every command that reads a dataset.
 
-A command calls ``add_data_arguments(parser)`` and later ``dataset_from_args(args)``; the user
-then names a split either by root and name (COCO or Cityscapes layout, detected)::
+A command calls ``add_data_arguments(parser)`` and later ``dataset_from_args(args)`` (which
+opens the split with ``data.splits.open_split``); the user then names a split either by root
+and name (COCO or Cityscapes layout, detected)::
 
     --data ROOT --split NAME
 
@@ -21,8 +22,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cmt_deeplab.data.cityscapes import CityscapesPanopticDataset, is_cityscapes_root
-from cmt_deeplab.data.coco_panoptic import CocoPanopticDataset, resolve_split
+from cmt_deeplab.data.coco_panoptic import CocoPanopticDataset
+from cmt_deeplab.data.splits import PATH_FIELDS, SplitSource, open_split
 
 
 def add_data_arguments(
@@ -46,6 +47,22 @@ def add_data_arguments(
                        help="skip images with bad annotations (with a warning) instead of failing")
 
 
+def split_from_args(
+    args: argparse.Namespace, split_flag: str = "--split"
+) -> tuple[SplitSource, dict[str, str]]:
+    """The split the user named with ``split_flag`` and its path triple, and how each of its
+    fields is spelled on the command line (for ``open_split``'s errors)."""
+    prefix = _prefix(split_flag)
+    dest = prefix.replace("-", "_")
+    source = SplitSource(
+        root=args.data, split=getattr(args, split_flag.lstrip("-").replace("-", "_")),
+        **{field: getattr(args, f"{dest}{field}") for field in PATH_FIELDS},
+    )
+    spelling = {"root": "--data ROOT", "split": f"{split_flag} NAME"}
+    spelling |= {field: f"--{prefix}{field.replace('_', '-')}" for field in PATH_FIELDS}
+    return source, spelling
+
+
 def dataset_from_args(
     args: argparse.Namespace, split_flag: str = "--split", required: bool = True, **kwargs: Any
 ) -> CocoPanopticDataset | None:
@@ -53,37 +70,11 @@ def dataset_from_args(
 
     Returns ``None`` when nothing was given for an optional split (``required=False``).
     """
-    prefix = _prefix(split_flag)
-    dest = prefix.replace("-", "_")
-    split = getattr(args, split_flag.lstrip("-").replace("-", "_"))
-    paths = [getattr(args, f"{dest}{name}") for name in ("images", "annotations", "panoptic_dir")]
-    flags = [f"--{prefix}{name}" for name in ("images", "annotations", "panoptic-dir")]
+    source, spelling = split_from_args(args, split_flag)
+    if not required and not source.given:
+        return None
     kwargs.setdefault("skip_bad", getattr(args, "skip_bad", False))
-    if split is not None and any(p is not None for p in paths):
-        raise ValueError(f"give either --data ROOT {split_flag} NAME or {', '.join(flags)}, "
-                         "not both")
-    if split is not None:
-        if args.data is None:
-            raise ValueError(f"{split_flag} needs --data ROOT")
-        return open_dataset(args.data, split, **kwargs)
-    if any(p is not None for p in paths):
-        missing = [flag for flag, p in zip(flags, paths, strict=True) if p is None]
-        if missing:
-            raise ValueError(f"{', '.join(missing)} missing: {', '.join(flags)} go together")
-        return CocoPanopticDataset(*paths, **kwargs)
-    if required and args.data is not None:
-        raise ValueError(f"--data ROOT needs {split_flag} NAME")
-    if required:
-        raise ValueError(f"no dataset given: use --data ROOT {split_flag} NAME or "
-                         f"{' '.join(f'{f} ...' for f in flags)}")
-    return None
-
-
-def open_dataset(root: str | Path, split: str, **kwargs: Any) -> CocoPanopticDataset:
-    """Split ``split`` under ``root``: Cityscapes when its panoptic export is there, else COCO."""
-    if is_cityscapes_root(root, split):
-        return CityscapesPanopticDataset(root, split, **kwargs)
-    return CocoPanopticDataset(*resolve_split(root, split), **kwargs)
+    return open_split(source, spelling, **kwargs)
 
 
 def _prefix(split_flag: str) -> str:

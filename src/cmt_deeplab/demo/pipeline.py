@@ -190,7 +190,7 @@ def maps(root: Path, run_dir: Path, out: Path) -> dict:
 
 
 def cost(out: Path, settings: DemoSettings, crop: int) -> list[dict]:
-    from cmt_deeplab.utils.cost import measure_cost, measure_training_memory
+    from cmt_deeplab.cost import measure_cost, measure_training_memory
 
     path = out / "cost.json"
     if path.exists():

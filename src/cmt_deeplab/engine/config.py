@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from cmt_deeplab.data.splits import PATH_FIELDS, SplitSource, open_split
 from cmt_deeplab.engine.typed_config import build_dataclass, fix_yaml_number
 from cmt_deeplab.losses.config import LossConfig
 from cmt_deeplab.models.layers.recompute import RECOMPUTE_MODES
@@ -58,6 +59,21 @@ class DataSection:
     val_panoptic_dir: str | None = None
     label_divisor: int | None = None  # None: the dataset's own (COCO 256, Cityscapes 1000)
     skip_bad: bool = False
+
+    def source(self, split: str) -> SplitSource:
+        """Where split ``split`` (``"train"`` or ``"val"``) is: ``root`` + ``{split}_split``,
+        or the ``{split}_images / _annotations / _panoptic_dir`` paths."""
+        return SplitSource(self.root, getattr(self, f"{split}_split"),
+                           *(getattr(self, f"{split}_{field}") for field in PATH_FIELDS))
+
+    def open(self, split: str, transform: Any = None, seed: int | None = None) -> Any:
+        """The dataset of split ``split`` (``data.splits.open_split``)."""
+        spelling = {"root": "data.root", "split": f"data.{split}_split"}
+        spelling |= {field: f"data.{split}_{field}" for field in PATH_FIELDS}
+        kwargs: dict[str, Any] = {"transform": transform, "skip_bad": self.skip_bad, "seed": seed}
+        if self.label_divisor is not None:
+            kwargs["label_divisor"] = self.label_divisor
+        return open_split(self.source(split), spelling, **kwargs)
 
 
 @dataclass

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -112,9 +114,36 @@ class PolyWarmupSchedule:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: ScheduleSection, total_steps: int
+    optimizer: torch.optim.Optimizer, config: ScheduleSection, total_steps: int,
+    last_step: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Step it once per optimizer update; update ``k`` (from 0) uses ``lr x factor(k)``."""
+    """Step it once per optimizer update; update ``k`` (from 0) uses ``lr x factor(k)``.
+
+    ``last_step`` > 0 continues a run after that many updates (torch's ``last_epoch``
+    resume): every group's lr is set for update ``last_step`` from its ``initial_lr``.
+    """
     schedule = PolyWarmupSchedule(total_steps, config.warmup_steps, config.power,
                                   config.end_lr_factor)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule, last_epoch=last_step - 1)
+
+
+def resume_scheduler(
+    optimizer: torch.optim.Optimizer, config: ScheduleSection, total_steps: int,
+    saved: Mapping[str, Any],
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule of ``config`` continued at the position of a saved scheduler state.
+
+    The current config owns the curve (a longer run stretches the poly decay) and the base
+    lrs (each group's ``initial_lr``, set before); the saved state owns the position. With an
+    unchanged config both agree to the bit, so an exact resume stays exact, and the state
+    dict equals an uninterrupted run's (its count of ``step`` calls included).
+    """
+    scheduler = build_scheduler(optimizer, config, total_steps, last_step=int(saved["last_epoch"]))
+    scheduler.load_state_dict({**scheduler.state_dict(), "_step_count": saved["_step_count"]})
+    return scheduler
+
+
+def set_schedule_end(scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int) -> None:
+    """Moves the end of the poly decay to ``total_steps`` (``run.fit_time_limit``)."""
+    for schedule in scheduler.lr_lambdas:
+        schedule.total_steps = total_steps

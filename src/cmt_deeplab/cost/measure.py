@@ -1,20 +1,21 @@
 """Parameters, MACs, latency and peak memory of a model at an input size (the paper's Table 2
-columns). MACs are counted on the meta device; latency and memory need a real forward."""
+columns). MACs are counted on the meta device; latency and memory need a real forward, the
+training memory a step with every loss term (``data.random_batch`` targets)."""
 
 from __future__ import annotations
 
 import gc
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from cmt_deeplab.models import build_model, count_parameters, model_spec
+from cmt_deeplab.data.random_batch import random_batch
+from cmt_deeplab.models import build_model, count_parameters, model_spec, set_recompute
 from cmt_deeplab.utils.flops import count_macs
-from cmt_deeplab.utils.process_memory import current_rss_bytes, peak_rss_bytes
+from cmt_deeplab.utils.process_memory import track_peak_memory
 
 
 @dataclass
@@ -44,31 +45,6 @@ def count_model_parameters(name: str, **kwargs) -> tuple[int, int]:
     with torch.device("meta"):
         model = build_model(name, **kwargs)
     return count_parameters(model), count_parameters(model, paper=True)
-
-
-class _PeakRSS:
-    """Samples the resident set size in a thread; ``peak`` is the largest increase seen."""
-
-    def __init__(self, interval: float = 0.002) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> _PeakRSS:
-        self._base = current_rss_bytes()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, current_rss_bytes() - self._base)
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, current_rss_bytes() - self._base)
 
 
 def measure_cost(
@@ -102,17 +78,9 @@ def measure_cost(
             _synchronize(device)
             times.append(time.perf_counter() - start)
         gc.collect()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
+        with track_peak_memory(device) as memory:
             model(images)
-            row.peak_mem_bytes = torch.cuda.max_memory_allocated(device) - base
-            row.peak_mem_kind = "cuda peak allocated"
-        else:
-            with _PeakRSS() as peak:
-                model(images)
-            row.peak_mem_bytes = peak.peak
-            row.peak_mem_kind = "cpu peak RSS increase"
+        row.peak_mem_bytes, row.peak_mem_kind = memory.increase, memory.kind
     row.latency_s = statistics.median(times)
     row.fps = 1.0 / row.latency_s
     row.device = _device_name(device)
@@ -198,9 +166,8 @@ def _training_memory(
     name: str, crop: tuple[int, int], device: str | torch.device, batch_size: int,
     recompute: str = "none", **kwargs,
 ) -> tuple[int, str]:
-    from cmt_deeplab.engine.data import random_batch
-    from cmt_deeplab.losses import PanopticCriterion
-    from cmt_deeplab.models import set_recompute
+    # Here, not at the top: the losses (scipy's matcher) load only for this measurement.
+    from cmt_deeplab.losses.criterion import PanopticCriterion
 
     device = torch.device(device)
     model = set_recompute(build_model(name, **kwargs), recompute).to(device).train()
@@ -211,17 +178,6 @@ def _training_memory(
     targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
                for t in targets]
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+    with track_peak_memory(device) as memory:
         criterion(model(images), targets)["loss"].backward()
-        torch.cuda.synchronize(device)
-        peak, kind = torch.cuda.max_memory_allocated(device) - base, "cuda peak allocated"
-    else:
-        base = current_rss_bytes()
-        criterion(model(images), targets)["loss"].backward()
-        # This fresh process's peak: the step's, since the model is built.
-        peak = max(0, peak_rss_bytes() - base)
-        kind = "cpu peak RSS increase"
-    return peak // batch_size, kind
+    return memory.increase // batch_size, memory.kind
