@@ -32,7 +32,7 @@ from cmt_deeplab.data.image_io import load_image
 from cmt_deeplab.data.panoptic_png import write_panoptic_png
 from cmt_deeplab.inference.post_processing import POST_PROCESSORS
 from cmt_deeplab.inference.predictor import Predictor
-from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_json
+from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_json, read_json
 from cmt_deeplab.utils.size import parse_size
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -191,12 +191,7 @@ def _image_ids(inputs: list[Path], image_info: str | None) -> dict[Path, int | s
     if image_info is None:
         return {path: int(path.stem) if path.stem.isdigit() else path.stem for path in inputs}
     info_path = Path(image_info)
-    try:
-        data = json.loads(info_path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image info JSON not found: {info_path}") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read image info JSON {info_path}: {error}") from None
+    data = read_json(info_path, "image info JSON")
     records = data.get("images") if isinstance(data, dict) else data
     if not isinstance(records, list):
         raise ValueError(f"{info_path}: expected a COCO `images` list (or a JSON with one)")

@@ -14,7 +14,6 @@ warning and listed in ``dataset.skipped``: never a silently wrong label.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from cmt_deeplab.data.image_io import load_image
 from cmt_deeplab.data.metadata import DatasetInfo
 from cmt_deeplab.data.panoptic_png import read_panoptic_png
 from cmt_deeplab.data.sample import Segment, build_sample
+from cmt_deeplab.utils.io import read_json
 
 #: ``transform(sample, rng) -> sample``; ``rng`` is the item's ``numpy.random.Generator``.
 Transform = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
@@ -81,12 +81,7 @@ def resolve_split(root: str | Path, split: str) -> SplitPaths:
 def load_panoptic_json(path: str | Path) -> dict[str, Any]:
     """Reads a COCO panoptic JSON, checking the keys the reader needs."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"annotation file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read annotation file {path}: {error}") from None
+    data = read_json(path, "annotation file")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object with images/annotations/categories")
     for key in ("annotations", "categories"):

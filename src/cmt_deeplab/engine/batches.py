@@ -10,6 +10,7 @@ uninterrupted one, with any number of loader workers.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from cmt_deeplab.engine.rng_state import seed_worker
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
 
 
+@dataclass(eq=False)
 class TrainBatches:
     """``next(batches)`` -> the next micro-batch ``(images [B, 3, H, W], targets)``, starting
     a new epoch (a new order) when one runs out.
@@ -38,20 +40,16 @@ class TrainBatches:
     position a training state stores; set them before the first ``next`` to resume.
     """
 
-    def __init__(
-        self, dataset: Any, micro_batch: int, seed: int, num_workers: int,
-        dist: DistributedContext, pin_memory: bool = False,
-    ) -> None:
-        self.dataset = dataset
-        self.micro_batch = micro_batch
-        self.seed = seed
-        self.num_workers = num_workers
-        self.dist = dist
-        self.pin_memory = pin_memory
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self._loader: DataLoader | None = None
-        self._iterator: Iterator | None = None
+    dataset: Any
+    micro_batch: int
+    seed: int
+    num_workers: int
+    dist: DistributedContext
+    pin_memory: bool = False
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    _loader: DataLoader | None = field(default=None, init=False, repr=False)
+    _iterator: Iterator | None = field(default=None, init=False, repr=False)
 
     def __iter__(self) -> TrainBatches:
         return self

@@ -34,13 +34,13 @@ BOOKKEEPING_KEYS = {"model.recompute", "run.num_workers", "run.keep_freed_memory
 
 
 def training_state(trainer: Trainer) -> dict[str, Any]:
-    """The state of ``trainer`` besides weights and optimizer; every rank must call it (the
-    RNG states of all ranks are gathered)."""
+    """The state of a training ``trainer`` besides weights and optimizer; every rank must call
+    it (the RNG states of all ranks are gathered)."""
     rng_states = trainer.dist.gather_objects(
         {"global": capture_rng_state(), "loss": trainer.loss_generator.get_state()})
     return {
-        "epoch": trainer.epoch,
-        "batch_in_epoch": trainer.batch_in_epoch,
+        "epoch": trainer.batches.epoch,
+        "batch_in_epoch": trainer.batches.batch_in_epoch,
         "world_size": trainer.dist.world_size,
         # Images of this epoch consumed by all processes: the position another world size
         # resumes from (engine.distributed.reshard_position).
@@ -81,8 +81,8 @@ def resume_latest(trainer: Trainer) -> Path | None:
         if trainer.dist.is_main:
             warnings.warn(note, stacklevel=3)
     trainer.step = loaded["step"]
-    trainer.epoch = int(state["epoch"])
-    trainer.batch_in_epoch = int(state["batch_in_epoch"])
+    trainer.batches.epoch = int(state["epoch"])
+    trainer.batches.batch_in_epoch = int(state["batch_in_epoch"])
     for group, settings in zip(optimizer.param_groups, configured, strict=True):
         group.update(settings)  # the configured lr, decay and base lr (initial_lr)
     trainer.scheduler = resume_scheduler(optimizer, trainer.config.schedule,
@@ -98,7 +98,8 @@ def resume_latest(trainer: Trainer) -> Path | None:
         seed_everything(seed + 1_000_003 * rank + trainer.step)
         trainer.loss_generator.manual_seed(seed * 7919 + rank + trainer.step)
     if trainer.dist.is_main:
-        tqdm.write(f"resumed from {checkpoint} (step {trainer.step}, epoch {trainer.epoch})")
+        tqdm.write(f"resumed from {checkpoint} (step {trainer.step}, "
+                   f"epoch {trainer.batches.epoch})")
     return checkpoint
 
 

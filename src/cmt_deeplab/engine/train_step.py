@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from cmt_deeplab.engine.training_state import latest_checkpoint
 from cmt_deeplab.losses.criterion import PanopticCriterion
 
 
+@dataclass(eq=False)
 class TrainStep:
     """``step(next_batch, step_number)`` -> ``(loss terms averaged over the micro-batches,
     detached; gradient norm, or None where it was not computed)``.
@@ -39,26 +41,23 @@ class TrainStep:
         out_dir: where training states go, for the error's "last good state" (or ``None``).
     """
 
-    def __init__(
-        self, train_model: nn.Module, model: nn.Module, criterion: PanopticCriterion,
-        optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, amp_dtype: torch.dtype | None,
-        memory_format: torch.memory_format, accumulate: int, grad_clip: float,
-        dist: DistributedContext, device: torch.device, out_dir: Path | None,
-    ) -> None:
-        self.train_model = train_model
-        self.model = model
-        self.criterion = criterion
-        self.optimizer = optimizer
-        self.scaler = scaler
-        self.amp_dtype = amp_dtype
-        self.memory_format = memory_format
-        self.accumulate = accumulate
-        self.grad_clip = grad_clip
-        self.dist = dist
-        self.device = device
-        self.out_dir = out_dir
+    train_model: nn.Module
+    model: nn.Module
+    criterion: PanopticCriterion
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    accumulate: int
+    grad_clip: float
+    dist: DistributedContext
+    device: torch.device
+    out_dir: Path | None
+    parameters: list[nn.Parameter] = field(init=False)
+
+    def __post_init__(self) -> None:
         # Walking the module tree for the parameters costs ~2 ms a step on a tiny model.
-        self.parameters = list(model.parameters())
+        self.parameters = list(self.model.parameters())
 
     def __call__(
         self, next_batch: Callable[[], Batch], step: int

@@ -143,27 +143,6 @@ class Trainer:
         self.eval_history: list[dict[str, Any]] = []
         self.log = TrainLog(self.out_dir if self.dist.is_main else None)
 
-    # --- the data position (stored in training states) -------------------------------------
-
-    @property
-    def epoch(self) -> int:
-        return self.batches.epoch if self.batches is not None else 0
-
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        if self.batches is not None:
-            self.batches.epoch = value
-
-    @property
-    def batch_in_epoch(self) -> int:
-        """Micro-batches of this rank consumed in the current epoch."""
-        return self.batches.batch_in_epoch if self.batches is not None else 0
-
-    @batch_in_epoch.setter
-    def batch_in_epoch(self, value: int) -> None:
-        if self.batches is not None:
-            self.batches.batch_in_epoch = value
-
     # --- public entry points ---------------------------------------------------------------
 
     def train(self) -> dict[str, Any]:
@@ -325,7 +304,7 @@ class Trainer:
     def _log(self, bar: tqdm, losses: dict[str, float], grad_norm: float | None,
              seconds_per_step: float) -> None:
         """TensorBoard scalars, and the bar's postfix (or a plain line without a bar)."""
-        self.log.training(self.step, losses, self.optimizer, grad_norm, self.epoch)
+        self.log.training(self.step, losses, self.optimizer, grad_norm, self.batches.epoch)
         lr = self.optimizer.param_groups[-1]["lr"]
         bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}")
         if bar.disable and self.dist.is_main:

@@ -37,7 +37,12 @@ from cmt_deeplab.model_dir import (
     read_safetensors,
     save_model_dir,
 )
-from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_text, fsync_directory
+from cmt_deeplab.utils.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    fsync_directory,
+    read_json,
+)
 
 STATE_TENSORS_FILE = "state.safetensors"
 STATE_JSON_FILE = "state.json"
@@ -141,13 +146,7 @@ def load_training_state(
         raise ValueError(f"training state {directory} is incomplete (no {COMPLETE_MARKER} file)")
     weights = read_safetensors(directory / MODEL_FILE)
     tensors = read_safetensors(directory / STATE_TENSORS_FILE)
-    json_path = directory / STATE_JSON_FILE
-    try:
-        skeleton = json.loads(json_path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"training state file not found: {json_path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"corrupt training state file {json_path}: {error}") from None
+    skeleton = read_json(directory / STATE_JSON_FILE, "training state file", "corrupt")
     try:
         optimizer_state = decode_state(skeleton["optimizer"], tensors)
         state = decode_state(skeleton["state"], tensors)

@@ -8,7 +8,6 @@ sizes) happen per image, in the worker processes.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from cmt_deeplab.evaluation.panoptic_stats import (
     image_panoptic_stats,
     summarize_pq,
 )
+from cmt_deeplab.utils.io import read_json
 
 JsonInput = str | Path | Mapping[str, Any]
 CategoriesInput = DatasetInfo | list[dict[str, Any]] | Mapping[int, dict[str, Any]] | None
@@ -37,16 +37,7 @@ class _ImageJob(NamedTuple):
 
 
 def _load_json(source: JsonInput, what: str) -> Mapping[str, Any]:
-    if isinstance(source, Mapping):
-        data = source
-    else:
-        path = Path(source)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{what} JSON not found: {path}") from None
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read {what} JSON {path}: {error}") from None
+    data = source if isinstance(source, Mapping) else read_json(source, f"{what} JSON")
     if not isinstance(data, Mapping) or not isinstance(data.get("annotations"), list):
         where = "(given as a dict)" if isinstance(source, Mapping) else str(source)
         raise ValueError(f"{what} JSON {where} has no 'annotations' list")

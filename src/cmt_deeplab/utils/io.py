@@ -1,7 +1,8 @@
 """Atomic file writes: a reader never sees a half-written file.
 
 Everything the library writes (checkpoints, PNGs, JSON, reports) goes through here:
-write to a temporary file in the same directory, fsync, then ``os.replace``.
+write to a temporary file in the same directory, fsync, then ``os.replace``. ``read_json``
+reads a JSON file with errors that name it.
 """
 
 from __future__ import annotations
@@ -18,32 +19,30 @@ from typing import IO, Any
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Opens a temporary sibling of ``path``; renames it onto ``path`` on success only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_directory(path.parent)
+    with _temporary_sibling(path) as tmp, open(tmp, mode) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_with(path: str | Path, write: Callable[[str], None]) -> None:
     """Calls ``write(tmp_path)`` for libraries that want a file name, then renames."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _temporary_sibling(path, suffix=Path(path).suffix or ".tmp") as tmp:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def _temporary_sibling(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
+    """A temporary file beside ``path`` that replaces ``path`` when the block succeeds and
+    is removed when it fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -63,6 +62,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent))
+
+
+def read_json(path: str | Path, what: str, unreadable: str = "cannot read") -> Any:
+    """The JSON document at ``path``; a missing or unreadable file is an error naming ``what``
+    and the file (``FileNotFoundError`` / ``ValueError``)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{unreadable} {what} {path}: {error}") from None
 
 
 def fsync_directory(directory: Path) -> None:
