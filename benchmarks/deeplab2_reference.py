@@ -70,15 +70,13 @@ if DEEPLAB2_SRC not in sys.path:
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-from google.protobuf import text_format  # noqa: E402
-
 from deeplab2 import common, config_pb2  # noqa: E402
 from deeplab2.data import dataset  # noqa: E402
 from deeplab2.model import deeplab  # noqa: E402
 from deeplab2.model.encoder import axial_resnet_instances  # noqa: E402
 from deeplab2.model.layers import axial_block_groups  # noqa: E402
 from deeplab2.model.post_processor import post_processor_builder  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
 
 CONFIG_S = "deeplab2/configs/coco/max_deeplab/max_deeplab_s_os16_res641_400k.textproto"
 CONFIG_L = "deeplab2/configs/coco/max_deeplab/max_deeplab_l_os16_res1025_400k.textproto"
@@ -342,29 +340,30 @@ def randomize(model, seed):
 
 def calibrate(model, images):
     """Training-mode forward with BN momentum 0: moving stats := batch statistics."""
-    bns = [l for l in model._flatten_layers() if _is_bn(l)]
-    groups = [l for l in model._flatten_layers()
-              if isinstance(l, axial_block_groups.BlockGroup)]
-    drops = [l for l in model._flatten_layers() if isinstance(l, tf.keras.layers.Dropout)]
-    saved = ([l.momentum for l in bns], [list(g._drop_path_keep_prob) for g in groups],
+    layers = list(model._flatten_layers())
+    bns = [layer for layer in layers if _is_bn(layer)]
+    groups = [layer for layer in layers if isinstance(layer, axial_block_groups.BlockGroup)]
+    drops = [layer for layer in layers if isinstance(layer, tf.keras.layers.Dropout)]
+    saved = ([bn.momentum for bn in bns], [list(g._drop_path_keep_prob) for g in groups],
              [d.rate for d in drops])
-    before = [l.moving_mean.numpy().copy() for l in bns]
+    before = [bn.moving_mean.numpy().copy() for bn in bns]
     try:
-        for l in bns:
-            l.momentum = 0.0
+        for bn in bns:
+            bn.momentum = 0.0
         for g in groups:
             g._drop_path_keep_prob = [1.0] * len(g._drop_path_keep_prob)
         for d in drops:
             d.rate = 0.0
         train_out = model(images, training=True)
     finally:
-        for l, m in zip(bns, saved[0]):
-            l.momentum = m
-        for g, p in zip(groups, saved[1]):
+        for bn, m in zip(bns, saved[0], strict=True):
+            bn.momentum = m
+        for g, p in zip(groups, saved[1], strict=True):
             g._drop_path_keep_prob = p
-        for d, r in zip(drops, saved[2]):
+        for d, r in zip(drops, saved[2], strict=True):
             d.rate = r
-    changed = sum(int(not np.array_equal(b, l.moving_mean.numpy())) for b, l in zip(before, bns))
+    changed = sum(int(not np.array_equal(b, bn.moving_mean.numpy()))
+                  for b, bn in zip(before, bns, strict=True))
     return len(bns), changed, train_out
 
 
@@ -523,8 +522,8 @@ def run_variant(name, spec, args):
     dtypes = reader.get_variable_to_dtype_map()
     listed = tf.train.list_variables(prefix)
     with open(os.path.join(out, "variables.txt"), "w") as f:
-        f.write("# tf.train.list_variables(%s): key<TAB>shape<TAB>dtype\n" % meta[
-            "checkpoint_prefix"])
+        f.write(f"# tf.train.list_variables({meta['checkpoint_prefix']}): "
+                "key<TAB>shape<TAB>dtype\n")
         for key, shape in listed:
             f.write(f"{key}\t{list(shape)}\t{dtypes[key].name}\n")
     meta["checkpoint_num_keys"] = len(listed)
@@ -567,7 +566,7 @@ def run_variant(name, spec, args):
         status.expect_partial()
         # Every variable restored, and identical to the saved model's (same build order).
         assert len(m.variables) == len(saved_list), (len(m.variables), len(saved_list))
-        for v, s in zip(m.variables, saved_list):
+        for v, s in zip(m.variables, saved_list, strict=True):
             assert digest(v.numpy()) == s, v.name
         x = tf.constant(images[tag])
         with timer(f"forward_{tag}"):
@@ -709,8 +708,7 @@ def run_backbones(args):
                     f.write(f"{key}\t{list(shape)}\n")
         np.savez(os.path.join(out, "inputs.npz"), **{tag: image})
         endpoints = encoder(tf.constant(image / 127.5 - 1.0), training=False)
-        saved = {k: v.numpy() for k, v in endpoints.items()
-                 if k.startswith("stage") and len(v.shape) == 4}
+        saved = {k: v.numpy() for k, v in endpoints.items() if len(v.shape) == 4}
         np.savez(os.path.join(out, "endpoints.npz"), **saved)
         meta["endpoints"] = {k: list(v.shape) for k, v in saved.items()}
         with open(os.path.join(out, "meta.json"), "w") as f:

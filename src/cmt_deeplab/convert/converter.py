@@ -116,6 +116,77 @@ def stage_block_counts(names: Mapping[str, str]) -> dict[str, int]:
     return counts
 
 
+def _shape_of(source: ArraySource, key: str) -> tuple[int, ...]:
+    shape = getattr(source, "shape", None)
+    return tuple(shape(key)) if callable(shape) else tuple(np.shape(source[key]))
+
+
+def _layout_shape(layout: str, shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape ``apply_layout`` gives, computed on a zero-stride stand-in (no data read)."""
+    return tuple(apply_layout(layout, np.broadcast_to(np.float32(0), shape), target).shape)
+
+
+def plan_conversion(
+    source: ArraySource,
+    model: nn.Module,
+    backbone_only: bool = False,
+    checkpoint_name: str = "checkpoint",
+) -> tuple[list[tuple[Rule, str]], ConversionReport, list[str], list[str]]:
+    """Matches the rules to the checkpoint by names and shapes only (no tensor is read).
+
+    ``model`` may live on the meta device. Returns ``(matches, report, missing, mismatched)``:
+    the (rule, checkpoint key) pairs to load, the report without values, and the problems.
+    """
+    names = canonical_names(source)
+    rules = conversion_rules(model, backbone_only, stage_block_counts(names))
+    own = model.state_dict()
+    report = ConversionReport(checkpoint_name, getattr(model, "model_name", type(model).__name__),
+                              backbone_only)
+    matches: list[tuple[Rule, str]] = []
+    covered: set[str] = set()
+    used: set[str] = set()
+    missing: list[str] = []
+    mismatched: list[str] = []
+    for rule in rules:
+        if isinstance(rule, Skip):
+            continue
+        if rule.target not in own:
+            raise AssertionError(f"conversion rule for a tensor the model lacks: {rule.target}")
+        covered.add(rule.target)
+        target_shape = tuple(own[rule.target].shape)
+        found = next((s for s in rule.sources if s in names), None)
+        if found is None:
+            missing.append(f"{rule.target} <- {rule.sources[0]}")
+            report.new.append({"tensor": rule.target, "shape": list(target_shape),
+                               "reason": f"checkpoint has no {rule.sources[0]}"})
+            continue
+        key = names[found]
+        shape = _shape_of(source, key)
+        if _layout_shape(rule.layout, shape, target_shape) != target_shape:
+            problem = (f"variable {key} {list(shape)} does not fit {rule.target} "
+                       f"{list(target_shape)} (layout {rule.layout})")
+            mismatched.append(problem)
+            report.skipped.append({"tensor": rule.target, "variable": key, "reason": problem})
+            continue
+        used.add(found)
+        matches.append((rule, key))
+        report.loaded.append({"variable": key, "tensor": rule.target, "layout": rule.layout,
+                              "checkpoint_shape": list(shape), "shape": list(target_shape)})
+    skips = [rule for rule in rules if isinstance(rule, Skip)]
+    for key, value in own.items():
+        if key in covered:
+            continue
+        if key.endswith(BOOKKEEPING_SUFFIX):
+            report.bookkeeping.append(key)
+            continue
+        reason = next((s.reason for s in skips if key.startswith(s.prefix)), None)
+        if reason is None:
+            raise AssertionError(f"no conversion rule covers {key}")
+        report.new.append({"tensor": key, "shape": list(value.shape), "reason": reason})
+    report.unused = sorted(names[n] for n in names if n not in used)
+    return matches, report, missing, mismatched
+
+
 def convert_state_dict(
     source: ArraySource,
     model: nn.Module,
@@ -138,64 +209,24 @@ def convert_state_dict(
         ``(state_dict, report)``: a complete state dict for ``model`` (load it strictly).
 
     Raises:
-        ConversionError: missing variables or shape mismatches (``strict``), naming them.
+        ConversionError: missing variables or shape mismatches (``strict``), naming them; a
+            variable that is not floating point.
     """
-    names = canonical_names(source)
-    counts = stage_block_counts(names)
-    rules = conversion_rules(model, backbone_only, counts)
+    matches, report, missing, mismatched = plan_conversion(source, model, backbone_only,
+                                                           checkpoint_name)
+    if strict and (missing or mismatched):
+        raise ConversionError(_mismatch_message(checkpoint_name, report.model, missing,
+                                                mismatched, len(matches) + len(missing)
+                                                + len(mismatched)))
     own = model.state_dict()
     state = {key: value.detach().clone() for key, value in own.items()}
-    report = ConversionReport(checkpoint_name, getattr(model, "model_name", type(model).__name__),
-                              backbone_only)
-    used: set[str] = set()
-    covered: set[str] = set()
-    missing: list[str] = []
-    mismatched: list[str] = []
-    for rule in rules:
-        if isinstance(rule, Skip):
-            continue
-        if rule.target not in own:
-            raise AssertionError(f"conversion rule for a tensor the model lacks: {rule.target}")
-        covered.add(rule.target)
-        found = next((s for s in rule.sources if s in names), None)
-        target_shape = tuple(own[rule.target].shape)
-        if found is None:
-            missing.append(f"{rule.target} <- {rule.sources[0]}")
-            reason = f"checkpoint has no {rule.sources[0]}"
-            report.new.append({"tensor": rule.target, "shape": list(target_shape),
-                               "reason": reason})
-            continue
-        key = names[found]
-        array = np.asarray(source[key])
-        value = apply_layout(rule.layout, array, target_shape)
-        if tuple(value.shape) != target_shape:
-            problem = (f"variable {key} {list(array.shape)} does not fit {rule.target} "
-                       f"{list(target_shape)} (layout {rule.layout})")
-            mismatched.append(problem)
-            report.skipped.append({"tensor": rule.target, "variable": key, "reason": problem})
-            continue
+    for rule, key in matches:
+        value = apply_layout(rule.layout, np.asarray(source[key]), tuple(own[rule.target].shape))
         if not np.issubdtype(value.dtype, np.floating):
             raise ConversionError(f"{checkpoint_name}: variable {key} is {value.dtype}, "
                                   f"not floating point ({rule.target})")
-        used.add(found)
         state[rule.target] = torch.from_numpy(np.ascontiguousarray(value)).to(own[rule.target].dtype)
-        report.loaded.append({"variable": key, "tensor": rule.target, "layout": rule.layout,
-                              "checkpoint_shape": list(array.shape), "shape": list(target_shape)})
-    if strict and (missing or mismatched):
-        raise ConversionError(_mismatch_message(checkpoint_name, report.model, missing,
-                                                mismatched, len(covered)))
-    skips = [rule for rule in rules if isinstance(rule, Skip)]
-    for key, value in own.items():
-        if key in covered:
-            continue
-        if key.endswith(BOOKKEEPING_SUFFIX):
-            report.bookkeeping.append(key)
-            continue
-        reason = next((s.reason for s in skips if key.startswith(s.prefix)), None)
-        if reason is None:
-            raise AssertionError(f"no conversion rule covers {key}")
-        report.new.append({"tensor": key, "shape": list(value.shape), "reason": reason})
-    report.unused = sorted(names[n] for n in names if n not in used)
+    names = canonical_names(source)
     step_name = next((n for n in ("global_step", "step") if n in names), None)
     if step_name is not None:
         report.step = int(np.asarray(source[names[step_name]]).reshape(-1)[0])
@@ -224,4 +255,4 @@ def load_converted(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Mo
 
 
 __all__ = ["ArraySource", "ConversionError", "ConversionReport", "Rule", "canonical_names",
-           "convert_state_dict", "load_converted", "stage_block_counts"]
+           "convert_state_dict", "load_converted", "plan_conversion", "stage_block_counts"]
