@@ -215,9 +215,8 @@ def convert_state_dict(
     matches, report, missing, mismatched = plan_conversion(source, model, backbone_only,
                                                            checkpoint_name)
     if strict and (missing or mismatched):
-        raise ConversionError(_mismatch_message(checkpoint_name, report.model, missing,
-                                                mismatched, len(matches) + len(missing)
-                                                + len(mismatched)))
+        raise mismatch_error(checkpoint_name, report.model, missing, mismatched,
+                             len(matches) + len(missing) + len(mismatched))
     own = model.state_dict()
     state = {key: value.detach().clone() for key, value in own.items()}
     for rule, key in matches:
@@ -233,9 +232,10 @@ def convert_state_dict(
     return state, report
 
 
-def _mismatch_message(
+def mismatch_error(
     checkpoint: str, model: str, missing: list[str], mismatched: list[str], expected: int
-) -> str:
+) -> ConversionError:
+    """The error for a checkpoint that does not fit: counts and the first few of each kind."""
     parts = []
     if missing:
         parts.append(f"{len(missing)} of {expected} tensors have no checkpoint variable "
@@ -245,7 +245,7 @@ def _mismatch_message(
     hint = ""
     if len(missing) + len(mismatched) > expected // 4:
         hint = " -- is it a checkpoint of another model or width?"
-    return f"{checkpoint} does not fit {model}: " + "; ".join(parts) + hint
+    return ConversionError(f"{checkpoint} does not fit {model}: " + "; ".join(parts) + hint)
 
 
 def load_converted(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -255,4 +255,5 @@ def load_converted(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Mo
 
 
 __all__ = ["ArraySource", "ConversionError", "ConversionReport", "Rule", "canonical_names",
-           "convert_state_dict", "load_converted", "plan_conversion", "stage_block_counts"]
+           "convert_state_dict", "load_converted", "mismatch_error", "plan_conversion",
+           "stage_block_counts"]

@@ -12,10 +12,12 @@ import json
 import os
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from cmt_deeplab.convert.archives import Archive, resolve_checkpoint
@@ -23,6 +25,8 @@ from cmt_deeplab.convert.converter import (
     ConversionReport,
     canonical_names,
     convert_state_dict,
+    mismatch_error,
+    plan_conversion,
 )
 from cmt_deeplab.convert.tf_bundle import TFCheckpoint
 
@@ -110,8 +114,19 @@ def convert_deeplab2(
     if archive is not None and archive.backbone_only and not backbone_only:
         raise ValueError(f"{checkpoint} is an ImageNet backbone: convert it with --backbone-only")
     source = TFCheckpoint(prefix)
-    model = build_for_checkpoint(source, model_name, num_classes, num_thing_classes,
-                                 backbone_only, **(overrides or {}))
+    overrides = dict(overrides or {})
+    num_classes = overrides.pop("num_classes", num_classes)
+    num_thing_classes = overrides.pop("num_thing_classes", num_thing_classes)
+    build = partial(build_for_checkpoint, source, model_name, num_classes, num_thing_classes,
+                    backbone_only, **overrides)
+    # Names and shapes first, on a model without storage: a checkpoint that does not fit fails
+    # in seconds, before a large model is built and its weights are read.
+    with torch.device("meta"):
+        matches, planned, missing, mismatched = plan_conversion(source, build(), backbone_only)
+    if strict and (missing or mismatched):
+        raise mismatch_error(str(prefix), planned.model, missing, mismatched,
+                             len(matches) + len(missing) + len(mismatched))
+    model = build()
     state, report = convert_state_dict(source, model, backbone_only, strict, str(prefix))
     model.load_state_dict(state, strict=True)
     model.eval()
