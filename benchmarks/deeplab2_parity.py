@@ -17,7 +17,8 @@ channels-last; ``inference``):
   and area limit at 0 (deeplab2's ``post_permissive_*``; random weights leave every pixel void
   under the real thresholds), labels encoded as deeplab2 does (class + 1, slot + 1);
 - for scale, the harness's own sensitivity (relative output change of deeplab2's model for an
-  input change of ~1e-6): a floor below which differences are float rounding.
+  input change of ~1e-6) and, with ``--self-sensitivity``, ours for the same input change: a
+  floor below which differences are float rounding amplified by the network.
 
 Results go to ``--out`` (JSON) and a markdown table on stdout.
 """
@@ -101,7 +102,15 @@ def compare(ours: dict[str, np.ndarray], raw: dict[str, np.ndarray], post: dict[
     return metrics
 
 
-def run_variant(root: Path, threads: int, inference_copy: bool) -> dict:
+def self_sensitivity(model: torch.nn.Module, image: np.ndarray, ours: dict) -> dict[str, float]:
+    """Our relative output change for the harness's input change: N(0, 1e-4) on [0, 255]."""
+    noise = np.random.default_rng(99).normal(0.0, 1e-4, image.shape)
+    perturbed = run_model(model, (image + noise.astype(np.float32)).astype(np.float32))
+    return {k: float(np.abs(ours[k] - perturbed[k]).max() / np.abs(ours[k]).max())
+            for k in OUTPUTS}
+
+
+def run_variant(root: Path, threads: int, inference_copy: bool, sensitivity_check: bool) -> dict:
     meta = json.loads((root / "meta.json").read_text())
     name = meta.get("port_model", "max-deeplab-s")
     start = time.perf_counter()
@@ -130,8 +139,10 @@ def run_variant(root: Path, threads: int, inference_copy: bool) -> dict:
             metrics = compare(ours, raw, post, info, size)
             metrics["forward_s"] = seconds
             metrics["deeplab2_sensitivity"] = sensitivity
+            if sensitivity_check and path == "eager":
+                metrics["our_sensitivity"] = self_sensitivity(net, inputs[tag], ours)
             rows[f"{tag}/{path}"] = metrics
-            print(f"  {root.name} {tag} {path}: " + ", ".join(
+            print(f"  {root.name} {tag} {path}: " + ", ".join(  # relative differences
                 f"{k} {metrics[k]['rel']:.1e}" for k in OUTPUTS)
                 + f", slot {metrics['same_winning_slot']:.4%}, panoptic "
                 f"{metrics['same_panoptic_label']:.4%} ({seconds:.1f} s)", flush=True)
@@ -150,7 +161,19 @@ def markdown(results: dict) -> str:
             cells = [f"{m[k]['max_abs']:.1e} / {m[k]['rel']:.1e}" for k in OUTPUTS]
             lines.append(f"| {variant} | {tag[2:]} | {path} | " + " | ".join(cells)
                          + f" | {m['same_winning_slot']:.3%} | {m['same_panoptic_label']:.3%} |")
-    return "\n".join(lines)
+    floors = ["", "relative output change for an input change of N(0, 1e-4) on [0, 255] "
+              "(deeplab2 / ours)", "",
+              "| variant | input | " + " | ".join(OUTPUTS) + " |", "|---|---|" + "---|" * 4]
+    rows = 0
+    for variant, result in results.items():
+        for key, m in result["inputs"].items():
+            if "our_sensitivity" not in m:
+                continue
+            cells = [f"{m['deeplab2_sensitivity'].get(k, float('nan')):.1e} / "
+                     f"{m['our_sensitivity'][k]:.1e}" for k in OUTPUTS]
+            floors.append(f"| {variant} | {key.split('/')[0][2:]} | " + " | ".join(cells) + " |")
+            rows += 1
+    return "\n".join(lines + (floors if rows else []))
 
 
 def main() -> None:
@@ -160,6 +183,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-inference-copy", action="store_true",
                         help="compare the eager model only")
+    parser.add_argument("--self-sensitivity", action="store_true",
+                        help="also measure our outputs' change for the harness's input noise")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).resolve().parent / "results" / "deeplab2_parity.json")
     args = parser.parse_args()
@@ -171,7 +196,8 @@ def main() -> None:
         if not (root / "meta.json").is_file():
             print(f"skipping {variant}: no {root / 'meta.json'}")
             continue
-        results[variant] = run_variant(root, args.threads, not args.no_inference_copy)
+        results[variant] = run_variant(root, args.threads, not args.no_inference_copy,
+                                       args.self_sensitivity)
     print(report_load())
     print("\nmax abs difference / relative to the output's largest magnitude\n")
     print(markdown(results))
