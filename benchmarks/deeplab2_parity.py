@@ -2,7 +2,7 @@
 ``deeplab2_reference.py`` wrote (deeplab2's own MaX-DeepLab, TensorFlow) and compare our
 outputs with deeplab2's on the same inputs.
 
-    python benchmarks/deeplab2_parity.py --refs REFS [--variants small,small_l,max_s,max_l]
+    python benchmarks/deeplab2_parity.py --refs REFS [--variants small,small_l,backbones,max_s,max_l]
 
 ``REFS`` is the ``--out`` folder of ``deeplab2_reference.py`` (which says how to set up its
 TensorFlow environment); this script needs no TensorFlow. Per variant and input it reports,
@@ -20,7 +20,10 @@ channels-last; ``inference``):
   input change of ~1e-6) and, with ``--self-sensitivity``, ours for the same input change: a
   floor below which differences are float rounding amplified by the network.
 
-Results go to ``--out`` (JSON) and a markdown table on stdout.
+Where the harness saved them, deeplab2's encoder endpoints are compared too, and
+``backbones`` converts each ImageNet encoder (MaX-S backbone in deeplab2's and TF Model
+Garden's layouts, MaX-L backbone, ResNet-50) ``--backbone-only`` and compares the stage outputs.
+Results go to ``--out`` (JSON) and markdown tables on stdout.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from cmt_deeplab.convert import TFCheckpoint, convert_state_dict  # noqa: E402
 from cmt_deeplab.data.metadata import Category, DatasetInfo  # noqa: E402
 from cmt_deeplab.inference.fast import optimize_for_inference  # noqa: E402
 from cmt_deeplab.inference.post_processing import pixelwise_panoptic  # noqa: E402
+from cmt_deeplab.models.layers.block_group import TransformerState  # noqa: E402
 
 OUTPUTS = {  # deeplab2 key -> ours
     "transformer_class_logits": "pred_logits",
@@ -70,6 +74,15 @@ def run_model(model: torch.nn.Module, image: np.ndarray) -> dict[str, np.ndarray
         value = out[ours]
         result[theirs] = (value.permute(0, 2, 3, 1) if value.ndim == 4 else value).float().numpy()
     return result
+
+
+def encoder_endpoints(model: torch.nn.Module, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Our encoder's ``stage1`` .. ``stage5`` (non-activated, as deeplab2's), NHWC."""
+    images = cmt_deeplab.normalize_images(torch.from_numpy(image).permute(0, 3, 1, 2))
+    with torch.inference_mode():
+        memory = model.memory(1) if hasattr(model, "memory") else None  # MaX: the slot table
+        endpoints, _ = model.backbone(images, memory, TransformerState())
+    return {k: v.permute(0, 2, 3, 1).float().numpy() for k, v in endpoints.items()}
 
 
 def contiguous_info(num_classes: int, num_things: int) -> DatasetInfo:
@@ -141,6 +154,13 @@ def run_variant(root: Path, threads: int, inference_copy: bool, sensitivity_chec
             metrics["deeplab2_sensitivity"] = sensitivity
             if sensitivity_check and path == "eager":
                 metrics["our_sensitivity"] = self_sensitivity(net, inputs[tag], ours)
+            endpoints_file = root / f"endpoints_{tag}.npz"
+            if path == "eager" and endpoints_file.is_file():
+                theirs = np.load(endpoints_file)
+                mine = encoder_endpoints(net, inputs[tag])
+                metrics["endpoints_rel"] = {
+                    k: float(np.abs(mine[k] - theirs[k]).max() / np.abs(theirs[k]).max())
+                    for k in mine if k in theirs.files}
             rows[f"{tag}/{path}"] = metrics
             print(f"  {root.name} {tag} {path}: " + ", ".join(  # relative differences
                 f"{k} {metrics[k]['rel']:.1e}" for k in OUTPUTS)
@@ -151,12 +171,42 @@ def run_variant(root: Path, threads: int, inference_copy: bool, sensitivity_chec
             "new": len(report.new), "convert_s": convert_s, "threads": threads, "inputs": rows}
 
 
+def run_backbones(root: Path) -> dict:
+    """Each ImageNet encoder checkpoint (``backbones/<instance>``) converted ``--backbone-only``:
+    our encoder's stage outputs against deeplab2's. MaX models are built without their
+    transformer layers here (an ImageNet backbone has none; with them, new random layers would
+    change stages 4-5)."""
+    results = {}
+    for folder in sorted(p for p in root.iterdir() if (p / "meta.json").is_file()):
+        meta = json.loads((folder / "meta.json").read_text())
+        image = np.load(folder / "inputs.npz")
+        image = image[image.files[0]]
+        reference = np.load(folder / "endpoints.npz")
+        overrides = dict(meta["port_config"])
+        if meta["port_model"].startswith("max-"):
+            overrides["backbone_transformer_beyond_stride"] = 0
+        for layout, prefix in meta["checkpoints"].items():
+            model = cmt_deeplab.build_model(meta["port_model"], **overrides)
+            state, report = convert_state_dict(TFCheckpoint(folder / prefix), model,
+                                               backbone_only=True)
+            model.load_state_dict(state)
+            mine = encoder_endpoints(model.eval(), image)
+            rel = {k: float(np.abs(mine[k] - reference[k]).max() / np.abs(reference[k]).max())
+                   for k in mine if k in reference.files}
+            results[f"{folder.name}/{layout}"] = {
+                "model": meta["port_model"], "loaded": len(report.loaded),
+                "unused": report.unused, "endpoints_rel": rel}
+            print(f"  {folder.name} ({layout}) -> {meta['port_model']}: {len(report.loaded)} "
+                  f"tensors, stage rel. diff " + " ".join(f"{v:.1e}" for v in rel.values()))
+    return results
+
+
 def markdown(results: dict) -> str:
     lines = ["| variant | input | path | class logits | mask logits | pixel features | "
              "semantic logits | same winning slot | same panoptic label |",
              "|---|---|---|---|---|---|---|---|---|"]
     for variant, result in results.items():
-        for key, m in result["inputs"].items():
+        for key, m in result.get("inputs", {}).items():
             tag, path = key.split("/")
             cells = [f"{m[k]['max_abs']:.1e} / {m[k]['rel']:.1e}" for k in OUTPUTS]
             lines.append(f"| {variant} | {tag[2:]} | {path} | " + " | ".join(cells)
@@ -166,20 +216,31 @@ def markdown(results: dict) -> str:
               "| variant | input | " + " | ".join(OUTPUTS) + " |", "|---|---|" + "---|" * 4]
     rows = 0
     for variant, result in results.items():
-        for key, m in result["inputs"].items():
+        for key, m in result.get("inputs", {}).items():
             if "our_sensitivity" not in m:
                 continue
             cells = [f"{m['deeplab2_sensitivity'].get(k, float('nan')):.1e} / "
                      f"{m['our_sensitivity'][k]:.1e}" for k in OUTPUTS]
             floors.append(f"| {variant} | {key.split('/')[0][2:]} | " + " | ".join(cells) + " |")
             rows += 1
-    return "\n".join(lines + (floors if rows else []))
+    stages = ["", "encoder endpoints (non-activated stage outputs), max abs difference relative "
+              "to the largest magnitude", "",
+              "| variant | input | stage1 | stage2 | stage3 | stage4 | stage5 |",
+              "|---|---|---|---|---|---|---|"]
+    for variant, result in results.items():
+        for key, m in (result.get("inputs") or result).items():
+            if "endpoints_rel" in m:
+                label = key.split("/")[0][2:] if "inputs" in result else key.replace("/", " ")
+                stages.append(f"| {variant} | {label} | " + " | ".join(
+                    f"{m['endpoints_rel'].get(f'stage{i}', float('nan')):.1e}" for i in range(1, 6))
+                    + " |")
+    return "\n".join(lines + (floors if rows else []) + (stages if len(stages) > 5 else []))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--refs", type=Path, required=True, help="deeplab2_reference.py --out")
-    parser.add_argument("--variants", default="small,small_l,max_s,max_l")
+    parser.add_argument("--variants", default="small,small_l,backbones,max_s,max_l")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-inference-copy", action="store_true",
                         help="compare the eager model only")
@@ -193,6 +254,9 @@ def main() -> None:
     results = {}
     for variant in args.variants.split(","):
         root = args.refs / variant
+        if variant == "backbones" and root.is_dir():
+            results[variant] = run_backbones(root)
+            continue
         if not (root / "meta.json").is_file():
             print(f"skipping {variant}: no {root / 'meta.json'}")
             continue
