@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"models"},
     {"data"},
     {"model_dir"},
-    {"losses", "inference", "evaluation"},
+    {"losses", "inference", "evaluation", "convert"},
     {"visualization", "cost"},
     {"engine"},
     {"demo"},

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "visualize",
     "evaluate",
     "demo",
+    "convert",
 ]
 
 

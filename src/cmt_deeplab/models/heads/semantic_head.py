@@ -59,7 +59,9 @@ def _atrous_branch(branch: ConvBN, x: torch.Tensor) -> torch.Tensor:
     rate = conv.dilation[0]
     if rate > 1 and rate >= max(x.shape[-2:]):
         centre = conv.kernel_size[0] // 2
-        return act(bn(F.conv2d(x, conv.weight[:, :, centre:centre + 1, centre:centre + 1])))
+        # conv.bias: None, or the BN shift after inference-time folding.
+        kernel = conv.weight[:, :, centre:centre + 1, centre:centre + 1]
+        return act(bn(F.conv2d(x, kernel, conv.bias)))
     return branch(x)
 
 
