@@ -93,3 +93,34 @@ def test_a_restarted_worker_resumes_without_the_resume_flag(tmp_path):
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert "resumed from" in restarted.stdout + restarted.stderr
     assert [step for step, _ in list_checkpoints(out)][-1] == 2
+
+
+def test_each_restart_attempt_keys_its_process_group_apart(monkeypatch):
+    """torchrun shares one store across restart attempts: what attempt 0 wrote (a dead rank's
+    address) must not be what attempt 1 reads."""
+    import torch.distributed as dist
+
+    from _torchrun import free_port
+    from cmt_deeplab.engine.distributed import _attempt_store
+
+    port = free_port()
+    shared = dist.TCPStore("127.0.0.1", port, 1, is_master=True)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
+    _attempt_store(2, 0).set("rank_0", "address of attempt 0")
+    second = _attempt_store(2, 1)
+    assert not second.check(["rank_0"])
+    second.set("rank_0", "address of attempt 1")
+    assert _attempt_store(2, 1).get("rank_0") == b"address of attempt 1"
+    assert shared.get("cmt_deeplab/attempt_0/rank_0") == b"address of attempt 0"
+
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")  # no restarts: env:// as usual
+    assert _attempt_store(2, 0) is None
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")  # several nodes: restart counts differ
+    monkeypatch.setenv("RANK", "0")
+    with pytest.warns(UserWarning, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        assert _attempt_store(2, 0) is None

@@ -9,11 +9,21 @@ The same holds on several nodes (``--nnodes``, one agent a node): ranks are glob
 When a worker dies, ``torchrun --max-restarts N`` restarts every worker of the job and counts
 the restarts in ``TORCHELASTIC_RESTART_COUNT``; the count only moves on the node whose worker
 failed (the other nodes restart for the membership change), hence ``restarted`` asks all ranks.
+
+Restarts and torchrun's shared store: with the c10d rendezvous, torchrun (>= 2.5) hands every
+attempt's workers the same key-value store (``TORCHELASTIC_USE_AGENT_STORE``), which keeps the
+keys of the attempt before. A restarted rank can then read a dead rank's address and fail to
+connect ("Gloo connectFullMesh failed ... Connection refused"; pytorch/pytorch#135712). On one
+node every rank's ``TORCHELASTIC_RESTART_COUNT`` is the same, so the process group's keys get
+that attempt's own prefix. Across nodes the count is not shared (it moves only on the node that
+failed); there ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` makes torchrun start a fresh store
+each attempt, and a multi-node run with restarts warns when it is not set.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +31,29 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
+
+
+def _attempt_store(world_size: int, restarts: int) -> dist.Store | None:
+    """The process group's store for this restart attempt, or None for ``env://``'s own.
+
+    Only under torchrun's shared store with restarts allowed: on one node, the shared store
+    under a prefix of the attempt's number (see the module docstring).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) == 0:
+        return None
+    if int(os.environ.get("GROUP_WORLD_SIZE", "1")) > 1:
+        if os.environ.get("RANK") == "0":
+            warnings.warn(
+                "torchrun --max-restarts on several nodes shares one store across restart "
+                "attempts, and a restarted worker may read the keys of the attempt before "
+                "(pytorch/pytorch#135712): export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 on "
+                "every node before torchrun", stacklevel=3)
+        return None
+    shared = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                           world_size, is_master=False)
+    return dist.PrefixStore(f"cmt_deeplab/attempt_{restarts}", shared)
 
 
 @dataclass
@@ -52,7 +85,12 @@ class DistributedContext:
             backend = "nccl" if device_type == "cuda" else "gloo"
             if device_type == "cuda":
                 torch.cuda.set_device(local_rank)
-            dist.init_process_group(backend=backend)
+            store = _attempt_store(world_size, restarts)
+            if store is None:
+                dist.init_process_group(backend=backend)
+            else:
+                dist.init_process_group(backend=backend, store=store, rank=rank,
+                                        world_size=world_size)
         return cls(rank, world_size, local_rank, True, restarts)
 
     def barrier(self) -> None:
