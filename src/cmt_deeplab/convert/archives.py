@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from cmt_deeplab.utils.io import current_umask
+
 _BASE = "https://storage.googleapis.com/gresearch/tf-deeplab/checkpoint/"
 
 
@@ -154,6 +156,7 @@ def _cached(name: str, url: str, cache: Path) -> Path:
     if not archive.is_file():
         archive.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.", dir=archive.parent)
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 is not open()'s mode
         try:
             with os.fdopen(fd, "wb") as handle, urllib.request.urlopen(url, timeout=60) as reply:
                 shutil.copyfileobj(reply, handle, length=1 << 20)
@@ -183,6 +186,7 @@ def _unpack(archive: Path, target: Path) -> Path:
         return _prefix_in(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 is not mkdir's mode
     try:
         with tarfile.open(archive) as tar:
             _extract(tar, tmp)

@@ -29,6 +29,7 @@ from cmt_deeplab.convert.converter import (
     plan_conversion,
 )
 from cmt_deeplab.convert.tf_bundle import TFCheckpoint
+from cmt_deeplab.utils.io import current_umask
 
 CONVERSION_FILE = "conversion.json"
 #: COCO panoptic: deeplab2's class head predicts these many classes plus void.
@@ -170,9 +171,7 @@ def write_model_dir(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 is not what a model directory needs
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 is not what a model directory needs
     try:
         source = {"format": "deeplab2", "checkpoint": str(checkpoint), "step": report.step,
                   "backbone_only": report.backbone_only}

@@ -1,8 +1,9 @@
 """Atomic file writes: a reader never sees a half-written file.
 
 Everything the library writes (checkpoints, PNGs, JSON, reports) goes through here:
-write to a temporary file in the same directory, fsync, then ``os.replace``. ``read_json``
-reads a JSON file with errors that name it.
+write to a temporary file in the same directory, fsync, then ``os.replace``. The file gets the
+mode a plain ``open()`` would give it (0644 under umask 022), not ``mkstemp``'s private 0600.
+``read_json`` reads a JSON file with errors that name it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,7 +42,12 @@ def _temporary_sibling(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        # mkstemp creates 0600 whatever the umask: readers (a web server, a colleague) expect
+        # the mode open() gives.
+        os.fchmod(fd, open_mode(path))
+    finally:
+        os.close(fd)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -74,6 +81,27 @@ def read_json(path: str | Path, what: str, unreadable: str = "cannot read") -> A
         raise FileNotFoundError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{unreadable} {what} {path}: {error}") from None
+
+
+def open_mode(path: Path) -> int:
+    """The permission bits ``open(path, "w")`` leaves ``path`` with: an existing file keeps
+    its own, a new one gets 0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process's umask. Read from /proc where it exists: setting and restoring it (the
+    only portable way) briefly changes it for every thread."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def fsync_directory(directory: Path) -> None:
