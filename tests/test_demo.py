@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -25,7 +29,11 @@ def demo_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     own = out / "mine.png"
     Image.fromarray(np.full((40, 50, 3), 120, dtype=np.uint8)).save(own)
-    assert main(["demo", "--out", str(out), "--quick", "--no-progress", "--images", str(own)]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        assert main(["demo", "--out", str(out), "--quick", "--no-progress",
+                     "--images", str(own)]) == 0
+    (out / "first_run.log").write_text(printed.getvalue())
     return out
 
 
@@ -45,6 +53,20 @@ def test_quick_demo_writes_every_part(demo_dir):
     assert costs["cmt-deeplab-tiny"]["fps"] > 0
     trained = json.loads(next(demo_dir.rglob("demo_train.json")).read_text())
     assert 1 <= trained["steps"] <= trained["planned_steps"] <= trained["budget_steps"] == 30
+
+
+def test_first_run_says_what_it_does_once(demo_dir):
+    printed = (demo_dir / "first_run.log").read_text()
+    assert "resume" not in printed.lower().replace("rerun resumes", "")  # nothing was resumed
+    assert printed.count("report: ") == 1
+
+
+def test_demo_outputs_get_the_mode_of_open(demo_dir):
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("report.html", "metrics.json", "cost.json", "predictions/index.json",
+                 "run/model.safetensors"):
+        assert stat.S_IMODE((demo_dir / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_demo_resumes_without_redoing_work(demo_dir, capsys):

@@ -95,6 +95,7 @@ def _train_config(root: Path, settings: DemoSettings, seed: int):
 
 def train(root: Path, run_dir: Path, settings: DemoSettings, seed: int, progress: bool) -> dict:
     from cmt_deeplab.engine.trainer import Trainer
+    from cmt_deeplab.engine.training_state import latest_checkpoint
 
     summary_path = run_dir / "demo_train.json"
     if summary_path.exists() and (run_dir / "model.safetensors").exists():
@@ -104,7 +105,9 @@ def train(root: Path, run_dir: Path, settings: DemoSettings, seed: int, progress
     _log(f"train: cmt-deeplab-tiny, up to {settings.steps} steps x {settings.batch_size} images, "
          f"at most {settings.time_limit_s / 60:.0f} min: the schedule is shortened to fit the "
          "time on a slower machine (Ctrl-C stops; rerun resumes)")
-    trainer = Trainer(config, run_dir, resume=True, progress=progress)
+    # Resume only what an interrupted demo left: a first run is a fresh start, not a resume.
+    trainer = Trainer(config, run_dir, resume=latest_checkpoint(run_dir) is not None,
+                      progress=progress)
     summary = trainer.train()
     summary = {key: summary[key] for key in ("steps", "planned_steps", "seconds",
                                              "seconds_per_step", "pq")}
@@ -242,7 +245,7 @@ def run_demo(out: str | Path, quick: bool = False, images: list[str] | None = No
     report = write_report(out, context)
     pq = 100 * metrics["All"]["pq"]
     _log(f"PQ {pq:.1f} on {metrics['num_images']} held-out images "
-         f"(target >= 45 for the full demo); report: {report.resolve()}")
+         "(target >= 45 for the full demo)")
     return report
 
 

@@ -61,7 +61,7 @@ def resume_latest(trainer: Trainer) -> Path | None:
                           trainer.out_dir)
     if checkpoint is None:
         if trainer.dist.is_main:
-            tqdm.write(f"--resume: no complete training state in {trainer.out_dir}; "
+            tqdm.write(f"resume: no complete training state in {trainer.out_dir}; "
                        "starting from step 0")
         return None
     optimizer = trainer.optimizer
