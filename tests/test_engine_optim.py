@@ -42,7 +42,8 @@ def test_weight_decay_on_kernels_only_and_backbone_multiplier():
     def members(group):
         return {names[id(p)] for p in groups[group]["params"]}
 
-    assert groups["backbone_decay"]["lr"] == pytest.approx(1e-4)
+    # From scratch nothing is pretrained: the multiplier slows no tensor.
+    assert groups["backbone_decay"]["lr"] == pytest.approx(1e-3)
     assert groups["head_decay"]["lr"] == pytest.approx(1e-3)
     assert groups["head_no_decay"]["weight_decay"] == 0.0
     assert groups["head_decay"]["weight_decay"] == 0.05
@@ -59,10 +60,29 @@ def test_weight_decay_on_kernels_only_and_backbone_multiplier():
     assert total == len(list(model.parameters()))
 
 
+def test_backbone_multiplier_applies_to_pretrained_tensors_only():
+    model = _tiny()
+    stem = {n for n, _ in model.named_parameters() if n.startswith("backbone.stem.")}
+    groups = {g["name"]: g for g in parameter_groups(model, 1e-3, 0.05, 0.1, pretrained=stem)}
+    assert set(groups) == {"pretrained_backbone_decay", "pretrained_backbone_no_decay",
+                           "backbone_decay", "backbone_no_decay", "head_decay", "head_no_decay"}
+    names = {id(p): n for n, p in model.named_parameters()}
+    slowed = {names[id(p)] for key in ("pretrained_backbone_decay", "pretrained_backbone_no_decay")
+              for p in groups[key]["params"]}
+    assert slowed == stem
+    assert groups["pretrained_backbone_decay"]["lr"] == pytest.approx(1e-4)
+    assert groups["backbone_decay"]["lr"] == pytest.approx(1e-3)  # encoder tensors left new
+    # A pretrained head tensor is not slowed: the multiplier is the encoder's.
+    head = {n for n, _ in model.named_parameters() if n.startswith("predictor.")}
+    groups = {g["name"]: g for g in parameter_groups(model, 1e-3, 0.05, 0.1, pretrained=head)}
+    assert not any(name.startswith("pretrained") for name in groups)
+
+
 def test_adam_has_no_decay_and_scheduler_follows_the_factor():
     model = _tiny()
+    backbone = [n for n, _ in model.named_parameters() if n.startswith("backbone.")]
     optimizer = build_optimizer(model, OptimizerSection(name="adam", lr=2e-3,
-                                                        backbone_lr_multiplier=0.5))
+                                                        backbone_lr_multiplier=0.5), backbone)
     assert isinstance(optimizer, torch.optim.Adam)
     assert all(g["weight_decay"] == 0.0 for g in optimizer.param_groups)
     scheduler = build_scheduler(optimizer, ScheduleSection(warmup_steps=4, power=0.9), 20)
@@ -73,7 +93,7 @@ def test_adam_has_no_decay_and_scheduler_follows_the_factor():
         scheduler.step()
     for step, lrs in enumerate(seen):
         factor = poly_lr_factor(step, 20, 4, 0.9)
-        expected = [2e-3 * factor * (0.5 if g["name"].startswith("backbone") else 1.0)
+        expected = [2e-3 * factor * (0.5 if g["name"].startswith("pretrained") else 1.0)
                     for g in optimizer.param_groups]
         assert lrs == pytest.approx(expected)
     assert scheduler.state_dict()["last_epoch"] == 8

@@ -5,6 +5,8 @@
     cmt-deeplab train --config synthetic_cmt_deeplab_tiny --data synth --train-split train \
         --val-split val --out runs/tiny --set optimizer.lr=2e-3
     torchrun --nproc_per_node 8 -m cmt_deeplab.cli.main train --config ... --out ...
+    cmt-deeplab train --config synthetic_cmt_deeplab_tiny --data shapes --out runs/ft \
+        --init-from runs/tiny --backbone-only      # a pretrained start (net surgery included)
 
 ``--resume`` continues from the newest complete training state in ``--out``; ``--dry-run``
 runs one step at the configured crop and batch and reports the peak memory.
@@ -36,6 +38,7 @@ _FLAG_KEYS = {
     "device": "run.device",
     "num_workers": "run.num_workers",
     "time_limit": "run.time_limit_s",
+    "init_from": "init.checkpoint",
 }
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -74,6 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="continue from the newest complete training state in --out")
     parser.add_argument("--dry-run", action="store_true",
                         help="run one training step, report peak memory and exit")
+    parser.add_argument("--init-from", metavar="DIR|FILE|NAME",
+                        help="pretrained start (init.checkpoint): a model directory, a "
+                        ".safetensors file, a deeplab2 checkpoint or a published name "
+                        "(cmt-deeplab convert deeplab2 --list); 'none' trains from scratch")
+    parser.add_argument("--backbone-only", action="store_true",
+                        help="take only the pixel encoder of --init-from (init.backbone_only)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override any config key, e.g. "
                         "--set optimizer.lr=3e-4 --set loss.mask_approx_weight=0.5")
@@ -105,6 +114,10 @@ def build_config(args: argparse.Namespace) -> Any:
         values["data.skip_bad"] = True
     if getattr(args, "fit_time_limit", False):
         values["run.fit_time_limit"] = True
+    if getattr(args, "backbone_only", False):
+        values["init.backbone_only"] = True
+    if str(values.get("init.checkpoint", "")).lower() == "none":
+        values["init.checkpoint"] = None
     return load_train_config(args.config, args.overrides, values)
 
 

@@ -45,6 +45,18 @@ class ModelSection:
 
 
 @dataclass
+class InitSection:
+    """A pretrained start (``cmt_deeplab.pretrained``): a model directory, a ``.safetensors``
+    file, a deeplab2 checkpoint or a published checkpoint name; the whole model or its pixel
+    encoder only; ``strict`` makes tensors that do not fit an error. Loaded at the start of a
+    fresh run (a resumed run continues from its own state)."""
+
+    checkpoint: str | None = None
+    backbone_only: bool = False
+    strict: bool = True
+
+
+@dataclass
 class DataSection:
     """The splits: ``root`` + split names (COCO or Cityscapes layout), or explicit paths."""
 
@@ -173,6 +185,7 @@ class TrainConfig:
     """Everything one training run needs; ``to_dict`` is stored in every checkpoint."""
 
     model: ModelSection = field(default_factory=ModelSection)
+    init: InitSection = field(default_factory=InitSection)
     data: DataSection = field(default_factory=DataSection)
     input: InputSection = field(default_factory=InputSection)
     augmentation: AugmentationSection = field(default_factory=AugmentationSection)

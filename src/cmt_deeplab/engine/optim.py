@@ -3,7 +3,9 @@
 - AdamW with weight decay on convolution / linear *kernels* only (deeplab2 includes
   ``.*(kernel|weight):0$`` and excludes everything else: BN / LayerNorm affine terms, biases,
   relative-position tables and the slot table get none); or Adam without decay (MaX-DeepLab).
-- Parameters under a ``backbone.`` module train at ``lr x backbone_lr_multiplier``.
+- Pretrained parameters under a ``backbone.`` module train at ``lr x backbone_lr_multiplier``
+  (deeplab2 slows the pretrained weights only: encoder tensors a pretrained start did not
+  fill, and every tensor of a run from scratch, train at the base lr).
 - Linear warm-up from 0 over ``warmup_steps``, then poly decay over the *whole* run (deeplab2
   wraps ``PolynomialDecay(decay_steps=total)`` in ``WarmUp``, so after the warm-up the lr
   continues on the poly curve, it does not restart it).
@@ -11,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,40 +32,48 @@ def is_backbone_parameter(name: str) -> bool:
 
 
 def parameter_groups(
-    model: nn.Module, lr: float, weight_decay: float, backbone_lr_multiplier: float
+    model: nn.Module, lr: float, weight_decay: float, backbone_lr_multiplier: float,
+    pretrained: Collection[str] = (),
 ) -> list[dict]:
-    """Up to four groups: (backbone or not) x (decayed kernel or not), each with its ``lr``.
+    """Groups by (backbone or not, pretrained backbone or not, decayed kernel or not), each
+    with its ``lr``; ``pretrained`` names the parameters a pretrained start loaded.
 
     Every group carries ``name`` for logging; empty groups are left out.
     """
+    pretrained = set(pretrained)
     kernels = {
         id(module.weight)
         for module in model.modules()
         if isinstance(module, _KERNEL_MODULES) and isinstance(module.weight, nn.Parameter)
     }
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    groups: dict[tuple[bool, bool, bool], list[nn.Parameter]] = {}
     seen: set[int] = set()
     for name, param in model.named_parameters():
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))
-        key = (is_backbone_parameter(name), id(param) in kernels)
+        backbone = is_backbone_parameter(name)
+        key = (backbone, backbone and name in pretrained, id(param) in kernels)
         groups.setdefault(key, []).append(param)
     result = []
-    for (backbone, decay), params in sorted(groups.items()):
+    for (backbone, slowed, decay), params in sorted(groups.items()):
+        part = "pretrained_backbone" if slowed else "backbone" if backbone else "head"
         result.append({
             "params": params,
-            "lr": lr * (backbone_lr_multiplier if backbone else 1.0),
+            "lr": lr * (backbone_lr_multiplier if slowed else 1.0),
             "weight_decay": weight_decay if decay else 0.0,
-            "name": f"{'backbone' if backbone else 'head'}_{'decay' if decay else 'no_decay'}",
+            "name": f"{part}_{'decay' if decay else 'no_decay'}",
         })
     return result
 
 
-def build_optimizer(model: nn.Module, config: OptimizerSection) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, config: OptimizerSection, pretrained: Collection[str] = ()
+) -> torch.optim.Optimizer:
     """AdamW (decoupled decay on kernels) or Adam (no decay), over ``parameter_groups``."""
     weight_decay = config.weight_decay if config.name == "adamw" else 0.0
-    groups = parameter_groups(model, config.lr, weight_decay, config.backbone_lr_multiplier)
+    groups = parameter_groups(model, config.lr, weight_decay, config.backbone_lr_multiplier,
+                              pretrained)
     betas = (float(config.betas[0]), float(config.betas[1]))
     # The fused kernels update every tensor in one pass (CPU and CUDA); the per-tensor
     # loop they replace cost ~10% of a tiny-model CPU training step.

@@ -15,6 +15,7 @@ Output directory::
                                ``keep_last``
     OUT/events.*               TensorBoard scalars (``engine.train_log``)
     OUT/eval.json              PQ after each evaluation
+    OUT/pretrained.json        what a pretrained start (``init``) loaded, left new, skipped
     OUT/model.safetensors      the final model, with OUT/config.yaml (``cmt_deeplab.model_dir``)
 
 Only rank 0 writes. A non-finite loss term or gradient stops the run before the optimizer
@@ -50,13 +51,16 @@ from cmt_deeplab.engine.training_state import list_checkpoints, save_training_st
 from cmt_deeplab.losses.criterion import PanopticCriterion
 from cmt_deeplab.model_dir import save_model_dir, unwrap_model
 from cmt_deeplab.models import build_model, set_recompute
+from cmt_deeplab.pretrained import PretrainedReport, load_pretrained
 from cmt_deeplab.utils.allocator import keep_freed_memory
 from cmt_deeplab.utils.device import resolve_device
-from cmt_deeplab.utils.io import atomic_write_json, atomic_write_text
+from cmt_deeplab.utils.io import atomic_write_json, atomic_write_text, read_json
 from cmt_deeplab.utils.plain import to_plain
 
 #: COCO's class counts: the model of a ``--dry-run`` without data.
 DEFAULT_CLASSES = (133, 80)
+#: The report of a pretrained start (``init``), written before the first step.
+PRETRAINED_FILE = "pretrained.json"
 
 
 class Trainer:
@@ -113,6 +117,7 @@ class Trainer:
         model = build_model(config.model.name, num_classes=self.num_classes,
                             num_thing_classes=self.num_thing_classes,
                             num_slots=config.model.num_slots, **config.model.overrides)
+        self.pretrained = self._pretrained_start(model)
         set_recompute(model, config.model.recompute)
         self.model = model.to(self.device).train()
         self.memory_format = (torch.channels_last if run.channels_last
@@ -128,7 +133,8 @@ class Trainer:
             self.train_model = wrap_distributed(self.model, self.criterion,
                                                 self.num_thing_classes, self.device)
             self.model = unwrap_model(self.train_model)  # SyncBatchNorm layers inside
-        self.optimizer = build_optimizer(self.model, config.optimizer)
+        self.optimizer = build_optimizer(self.model, config.optimizer, self.pretrained.loaded
+                                         if self.pretrained is not None else ())
         self.scheduler = build_scheduler(self.optimizer, config.schedule, run.steps)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.update = TrainStep(
@@ -142,6 +148,23 @@ class Trainer:
         self.total_steps = run.steps  # shortened by run.fit_time_limit as the run goes
         self.eval_history: list[dict[str, Any]] = []
         self.log = TrainLog(self.out_dir if self.dist.is_main else None)
+
+    def _pretrained_start(self, model: nn.Module) -> PretrainedReport | None:
+        """Loads ``init.checkpoint`` into ``model`` on a fresh run and records the report in
+        ``out_dir/pretrained.json``; a resumed run reads the record back (its weights come from
+        its training state; the record names the tensors the backbone multiplier slows)."""
+        init = self.config.init
+        if init.checkpoint is None or self.out_dir is None:
+            return None  # a dry run times one step: the starting values do not matter
+        record = self.out_dir / PRETRAINED_FILE
+        if self.resume and list_checkpoints(self.out_dir):
+            return PretrainedReport.from_dict(read_json(record, "pretrained-start record")) if record.is_file() else None
+        report = load_pretrained(model, init.checkpoint, init.backbone_only or None, init.strict)
+        if self.dist.is_main:
+            tqdm.write(report.table(model))
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(record, report.to_dict())
+        return report
 
     # --- public entry points ---------------------------------------------------------------
 
