@@ -116,6 +116,6 @@ def test_a_longer_resumed_run_follows_the_new_schedule(tmp_path):
         longer.resume_latest()
     assert longer.step == 2
     for group in longer.optimizer.param_groups:
-        scale = 0.1 if group["name"].startswith("backbone") else 1.0
+        scale = 0.1 if group["name"].startswith("pretrained") else 1.0  # none: from scratch
         assert group["lr"] == pytest.approx(2e-3 * scale * poly_lr_factor(2, 4, 0, 0.9))
     assert longer.scheduler.get_last_lr() == [g["lr"] for g in longer.optimizer.param_groups]
