@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"data"},
     {"model_dir"},
     {"losses", "inference", "evaluation", "convert"},
-    {"visualization", "cost", "pretrained"},
+    {"visualization", "cost", "pretrained", "export"},
     {"engine"},
     {"demo"},
     {"cli"},

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "evaluate",
     "demo",
     "convert",
+    "export",
 ]
 
 

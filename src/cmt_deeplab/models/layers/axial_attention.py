@@ -34,8 +34,17 @@ def relative_index(length: int, device: torch.device | None = None) -> torch.Ten
     """``[L, L]`` rows of the relative table for query o and key p: ``p - o + MAX_SPAN - 1``.
 
     Cached per (length, device): every axial layer asks for it on every forward. Read-only.
+    An export traces it afresh: the length may be symbolic there.
     """
+    if torch.compiler.is_exporting():
+        return _build_relative_index(length, device)
     return _relative_index(length, None if device is None else torch.device(device))
+
+
+def _build_relative_index(length: int, device: torch.device | None) -> torch.Tensor:
+    positions = torch.arange(length, device=device)
+    index = positions[None, :] - positions[:, None] + MAX_SPAN - 1
+    return index.clamp(0, 2 * MAX_SPAN - 2)
 
 
 @functools.lru_cache(maxsize=64)
@@ -43,9 +52,7 @@ def _relative_index(length: int, device: torch.device | None) -> torch.Tensor:
     # A normal tensor even when first asked for under inference mode: a later training
     # forward saves it for the backward of the table lookup.
     with torch.inference_mode(False):
-        positions = torch.arange(length, device=device)
-        index = positions[None, :] - positions[:, None] + MAX_SPAN - 1
-        return index.clamp_(0, 2 * MAX_SPAN - 2)
+        return _build_relative_index(length, device)
 
 
 def _bn(channels: int) -> nn.BatchNorm1d:

@@ -48,9 +48,21 @@ def normalized_coordinates(
     height: int, width: int, device: torch.device, dtype: torch.dtype, low: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``([H], [W])`` pixel centres on ``[low, 1]``, corner-aligned (deeplab2's convention)."""
-    ys = torch.linspace(low, 1.0, height, device=device, dtype=dtype) if height > 1 else torch.full((1,), (low + 1) / 2, device=device, dtype=dtype)
-    xs = torch.linspace(low, 1.0, width, device=device, dtype=dtype) if width > 1 else torch.full((1,), (low + 1) / 2, device=device, dtype=dtype)
-    return ys, xs
+    return (_axis_coordinates(height, low, device, dtype),
+            _axis_coordinates(width, low, device, dtype))
+
+
+def _axis_coordinates(
+    length: int, low: float, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``[L]`` evenly spaced on ``[low, 1]``; one sample sits in the middle."""
+    if torch.compiler.is_exporting():
+        # An exported graph with a symbolic length: linspace's length would be specialised
+        # (baked in) there, an arange follows it. Equal to linspace within float rounding.
+        return torch.arange(length, device=device, dtype=dtype) * ((1.0 - low) / max(length - 1, 1)) + low
+    if length > 1:
+        return torch.linspace(low, 1.0, length, device=device, dtype=dtype)
+    return torch.full((1,), (low + 1) / 2, device=device, dtype=dtype)
 
 
 def gaussian_reference_logits(

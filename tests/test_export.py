@@ -1,0 +1,171 @@
+"""``cmt-deeplab export``: ONNX and torch.export graphs, their sidecar, and parity with eager.
+
+The default run exports three small graphs (about 10 s each; ``cmt_onnx`` is in conftest.py,
+shared with the predict tests); the parity on every registered model and the dynamic-size
+graph are ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cmt_deeplab
+from _export_helpers import (
+    EXPORT_SIZE,
+    INFO,
+    MAX_LOGIT_DIFF,
+    MIN_PIXEL_AGREEMENT,
+    confident_model,
+    logit_diffs,
+    require_onnxruntime,
+    smooth_images,
+)
+from cmt_deeplab.cli import main as cli_main
+from cmt_deeplab.export import (
+    NETWORK_OUTPUTS,
+    PANOPTIC_OUTPUTS,
+    Sidecar,
+    export_model,
+    load_exported,
+    sidecar_path,
+)
+from cmt_deeplab.inference.post_processing import pixelwise_panoptic
+
+SIZE = EXPORT_SIZE
+
+
+def test_sidecar_describes_the_graph(cmt_onnx) -> None:
+    _, _, out = cmt_onnx
+    data = json.loads(sidecar_path(out).read_text())
+    assert data["model"]["name"] == "cmt-deeplab-tiny"
+    assert data["data"] == INFO.to_dict()
+    assert data["input"]["normalization"]["formula"] == "pixel / 127.5 - 1"
+    assert data["input"]["size"] == [SIZE, SIZE]
+    shapes = data["input"]["shapes"]
+    assert shapes["batch"] == {"min": 1, "max": 1, "step": 1, "offset": 0}
+    assert shapes["height"]["min"] == shapes["height"]["max"] == SIZE
+    assert data["outputs"] == list(NETWORK_OUTPUTS) and data["post_processing"] is None
+    assert not list(out.parent.glob(".*tmp*"))
+
+
+def test_onnxruntime_matches_eager_at_any_batch(cmt_onnx) -> None:
+    model, _, out = cmt_onnx
+    runner = load_exported(out, num_threads=2)
+    images = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        reference = model(images)
+    for batch in (images[:1], images):  # a batch of 3 runs one image at a time
+        outputs = runner(batch)
+        assert set(outputs) == set(NETWORK_OUTPUTS)
+        count = batch.shape[0]
+        class_diff, mask_diff = logit_diffs(
+            outputs, {k: v[:count] for k, v in reference.items() if k in NETWORK_OUTPUTS})
+        assert class_diff < MAX_LOGIT_DIFF and mask_diff < MAX_LOGIT_DIFF, (class_diff, mask_diff)
+
+
+def test_a_shape_not_exported_is_an_error_naming_both(cmt_onnx) -> None:
+    _, _, out = cmt_onnx
+    runner = load_exported(out)
+    with pytest.raises(ValueError, match=r"\[1, 3, 97, 65\].*H 65, W 65"):
+        runner(torch.zeros(1, 3, 97, SIZE))
+    with pytest.raises(ValueError, match="does not fit"):
+        runner(torch.zeros(1, 1, SIZE, SIZE))
+
+
+def test_post_processing_graph_matches_pixelwise_panoptic(tmp_path: Path) -> None:
+    """The in-graph MaX post-processing gives ``pixelwise_panoptic``'s map and segments."""
+    require_onnxruntime()
+    model = confident_model("max-deeplab-tiny", seed=1)
+    out = tmp_path / "max_panoptic.onnx"
+    sidecar = export_model(model, out, size=SIZE, post_processing=True, info=INFO)
+    assert sidecar.output_names == list(PANOPTIC_OUTPUTS)
+    runner = load_exported(out)
+    images = smooth_images(1, SIZE, SIZE, seed=2)
+    outputs = runner(images)
+    with torch.no_grad():
+        reference = model(images)
+    expected = pixelwise_panoptic(reference["pred_logits"][0], reference["pred_masks"][0], INFO,
+                                  out_size=(SIZE, SIZE))
+    panoptic = outputs["panoptic"][0].numpy()
+    assert len(np.unique(expected.panoptic)) >= 3  # a map with segments, not all void
+    agreement = float((panoptic == expected.panoptic).mean())
+    assert agreement >= MIN_PIXEL_AGREEMENT, agreement
+    # The slot table: segments by id, score = best slot, area = sum over its slots.
+    table: dict[int, dict] = {}
+    rows = zip(*(outputs[k][0].tolist() for k in PANOPTIC_OUTPUTS[1:]), strict=True)
+    for segment_id, category_id, score, area in rows:
+        if segment_id:
+            entry = table.setdefault(segment_id, {"category_id": category_id, "score": 0.0,
+                                                  "area": 0})
+            entry["score"] = max(entry["score"], score)
+            entry["area"] += area
+    if agreement == 1.0:
+        assert {s["id"]: (s["category_id"], s["area"]) for s in expected.segments_info} == {
+            k: (v["category_id"], v["area"]) for k, v in table.items()}
+        for segment in expected.segments_info:
+            assert abs(table[segment["id"]]["score"] - segment["score"]) < 1e-4
+
+
+def test_torch_export_program_matches_eager(tmp_path: Path) -> None:
+    model = confident_model("cmt-deeplab-tiny", seed=3)
+    out = tmp_path / "cmt.pt2"
+    export_model(model, out, format="torch-export", size=SIZE, info=INFO)
+    runner = load_exported(out)
+    assert Sidecar.load(out).format == "torch-export"
+    images = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        reference = model(images)
+    class_diff, mask_diff = logit_diffs(runner(images), reference)
+    assert class_diff < MAX_LOGIT_DIFF and mask_diff < MAX_LOGIT_DIFF
+
+
+def test_export_errors_name_the_problem(tmp_path: Path) -> None:
+    assert cli_main.main(["export", "--checkpoint", str(tmp_path / "nowhere"),
+                          "--out", str(tmp_path / "m.onnx")]) == 2
+    model = confident_model("cmt-deeplab-tiny")
+    with pytest.raises(ValueError, match="32k\\+1.*96x96"):
+        export_model(model, tmp_path / "m.onnx", size=96, dynamic_size=True, info=INFO)
+    with pytest.raises(ValueError, match="unknown export format"):
+        export_model(model, tmp_path / "m.onnx", format="tflite", info=INFO)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", cmt_deeplab.list_models())
+def test_every_registered_model_exports_with_parity(name: str, tmp_path: Path) -> None:
+    """Every registered model at test width: onnxruntime against eager, outputs and map."""
+    require_onnxruntime()
+    model = confident_model(name)
+    out = tmp_path / f"{name}.onnx"
+    export_model(model, out, size=SIZE, info=INFO)
+    images = smooth_images(1, SIZE, SIZE)
+    outputs = load_exported(out)(images)
+    with torch.no_grad():
+        reference = model(images)
+    class_diff, mask_diff = logit_diffs(outputs, reference)
+    assert class_diff < MAX_LOGIT_DIFF and mask_diff < MAX_LOGIT_DIFF, (class_diff, mask_diff)
+    maps = [pixelwise_panoptic(o["pred_logits"][0], o["pred_masks"][0], INFO, (SIZE, SIZE))
+            .panoptic for o in (outputs, reference)]
+    assert (maps[0] == maps[1]).mean() >= MIN_PIXEL_AGREEMENT
+
+
+@pytest.mark.slow
+def test_dynamic_size_graph_runs_every_32k_plus_1_size(tmp_path: Path) -> None:
+    require_onnxruntime()
+    model = confident_model("cmt-deeplab-tiny")
+    out = tmp_path / "dynamic.onnx"
+    export_model(model, out, size=(97, 65), dynamic_batch=True, dynamic_size=True, info=INFO)
+    runner = load_exported(out)
+    for shape in [(2, 3, 65, 65), (1, 3, 97, 65), (3, 3, 65, 129)]:
+        images = smooth_images(*shape[:1], *shape[2:])
+        with torch.no_grad():
+            reference = model(images)
+        class_diff, mask_diff = logit_diffs(runner(images), reference)
+        assert class_diff < MAX_LOGIT_DIFF and mask_diff < MAX_LOGIT_DIFF, shape
+    with pytest.raises(ValueError, match="32k\\+1"):
+        runner(torch.zeros(1, 3, 66, 65))
