@@ -7,6 +7,9 @@ Output layout (``--output DIR``)::
     DIR/overlay/<stem>.jpg     with --overlay: colours, contours and class names
     DIR/skipped.json           with --skip-bad: the unreadable images and why
 
+``--backend onnxruntime --model-file FILE`` runs a graph from ``cmt-deeplab export`` (network
+outputs) in place of the model; the rest (resize, padding, post-processing, files) is the same.
+
 ``predictions.json`` is readable by panopticapi's ``pq_compute`` as is (with ``DIR/panoptic``
 as the prediction folder). Every file is written atomically; the JSON is rewritten after a
 batch (at most every 2 s) and when the run ends or is interrupted, and lists only images whose
@@ -24,17 +27,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from cmt_deeplab.cli.common import add_speed_arguments, load_model, parse_device
 from cmt_deeplab.cli.main import UserError
 from cmt_deeplab.data.image_io import load_image
 from cmt_deeplab.data.panoptic_png import write_panoptic_png
+from cmt_deeplab.export.runtime import BACKENDS as EXPORT_BACKENDS
+from cmt_deeplab.export.runtime import load_exported
 from cmt_deeplab.inference.post_processing import POST_PROCESSORS
 from cmt_deeplab.inference.predictor import Predictor
 from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_json, read_json
 from cmt_deeplab.utils.size import parse_size
 
+#: ``--backend``: the model itself, or a graph from ``cmt-deeplab export``.
+BACKENDS = ("torch", *EXPORT_BACKENDS)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: Seconds between rewrites of predictions.json during a run (always written at the end).
 _SAVE_INTERVAL_S = 2.0
@@ -51,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="checkpoint directory (model.safetensors + config.yaml)")
     source.add_argument("--model", metavar="NAME",
                         help="registered model name, randomly initialised (see `models`)")
+    source.add_argument("--model-file", metavar="FILE",
+                        help="with --backend onnxruntime / torch-export: a graph from "
+                             "`cmt-deeplab export` (its sidecar FILE.json beside it)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="torch (the model, default), onnxruntime (an ONNX export, CPU) or "
+                             "torch-export (a torch.export program)")
     parser.add_argument("--input", required=True, metavar="FILE|DIR|GLOB",
                         help="an image, a directory of images, or a glob pattern (quote it)")
     parser.add_argument("--output", required=True, metavar="DIR", help="output directory")
@@ -82,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.categories and not args.model:
         raise UserError("--categories applies to --model only (a checkpoint has its own)")
+    _check_backend(args)
     size = parse_size(args.size, "--size") if args.size else None
     device = parse_device(args.device)
     inputs = find_images(args.input)
@@ -104,10 +119,7 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_json(output / "skipped.json", skipped, indent=1)
 
     if todo:
-        model, info, default_size = load_model(args, device)
-        predictor = Predictor(model, info, size=size or default_size, device=device,
-                              method=args.method, batch_size=args.batch_size, inplace=True,
-                              precision=args.precision, compile=args.compile)
+        predictor = _build_predictor(args, size, device)
         last_save = time.monotonic()
         try:
             with tqdm(total=len(todo), unit="img", desc="predict", disable=None) as progress:
@@ -129,6 +141,51 @@ def run(args: argparse.Namespace) -> int:
     print(f"predicted {done} image(s), {len(inputs) - len(todo)} already done, "
           f"{len(skipped)} skipped -> {json_path}")
     return 0
+
+
+def _check_backend(args: argparse.Namespace) -> None:
+    """``--backend`` and ``--model-file`` go together; the exported graph runs as it was made."""
+    if args.backend == "torch":
+        if args.model_file:
+            raise UserError("--model-file needs --backend onnxruntime or torch-export")
+        return
+    if not args.model_file:
+        raise UserError(f"--backend {args.backend} runs an exported graph: give --model-file "
+                        "FILE (from `cmt-deeplab export`)")
+    if args.precision != "fp32" or args.compile:
+        raise UserError(f"--precision and --compile apply to --backend torch; an exported "
+                        f"graph runs as exported (--backend {args.backend})")
+    if args.device not in (None, "cpu"):
+        raise UserError(f"--backend {args.backend} runs on the CPU (got --device {args.device})")
+
+
+def _build_predictor(
+    args: argparse.Namespace, size: tuple[int, int] | None, device: Any
+) -> Predictor:
+    """The Predictor of the chosen backend: the model itself, or an exported graph run by
+    onnxruntime / torch.export behind the same call, so the files written are the same."""
+    if args.backend == "torch":
+        model, info, default_size = load_model(args, device)
+        return Predictor(model, info, size=size or default_size, device=device,
+                         method=args.method, batch_size=args.batch_size, inplace=True,
+                         precision=args.precision, compile=args.compile)
+    model = load_exported(args.model_file, num_threads=torch.get_num_threads())
+    sidecar = model.sidecar
+    expected = "onnx" if args.backend == "onnxruntime" else "torch-export"
+    if sidecar.format != expected:
+        raise UserError(f"--backend {args.backend} runs {expected} exports; "
+                        f"{args.model_file} is a {sidecar.format} export")
+    if sidecar.post_processing is not None:
+        raise UserError(f"{args.model_file} was exported --with-post-processing (its graph "
+                        "ends in a panoptic map at the input size); predict post-processes "
+                        "the network outputs itself: export again without it")
+    canvas = size or sidecar.size
+    try:
+        sidecar.check_input_shape((1, 3, *canvas), any_batch=True)
+    except ValueError as error:
+        raise UserError(f"--size {canvas[0]}x{canvas[1]}: {error}") from None
+    return Predictor(model, sidecar.info, size=canvas, device="cpu", method=args.method,
+                     batch_size=args.batch_size, optimize=False)
 
 
 def _predict_batch(
