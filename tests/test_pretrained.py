@@ -138,7 +138,8 @@ def test_non_strict_skips_and_lists_what_does_not_fit(tmp_path):
     with pytest.raises(ValueError, match=r"centers.weight: source \(8, .*\) vs model \(9, "):
         load_pretrained(target, _model_dir(tmp_path, source))
     report = load_pretrained(target, tmp_path / "source", strict=False)
-    assert "centers.weight" in report.skipped and "centers.weight" not in report.loaded
+    assert report.skipped == {"centers.weight": "source (8, 128) vs model (9, 128)"}
+    assert "centers.weight" not in report.loaded and report.unused == ["centers.weight"]
 
 
 def test_bad_sources_are_named(tmp_path):

@@ -107,11 +107,25 @@ def test_category_subset_and_bad_arguments(tmp_path):
     used = {s["category_id"] for a in data["annotations"] for s in a["segments_info"]}
     assert used <= {1, 11} and 1 in used
     with pytest.raises(ValueError, match="unknown synthetic categories"):
-        synthetic_categories(["hexagon"])
+        synthetic_categories(["pentagon"])
     with pytest.raises(ValueError, match="at least one thing and one stuff"):
         synthetic_categories(["circle", "star"])
     with pytest.raises(ValueError, match="num_images"):
         generate_synthetic_dataset(tmp_path, num_images=0)
+
+
+def test_more_classes_on_request_only(tmp_path):
+    """The classes a fine-tuning task draws; the default set never shows them."""
+    more = ["hexagon", "cross", "ring", "star", "dots", "waves", "checker"]
+    assert [c.name for c in synthetic_categories()] == [
+        "circle", "square", "triangle", "star", "stripes", "checker", "noise", "gradient"]
+    assert [c.name for c in synthetic_categories(more)] == [
+        "star", "hexagon", "cross", "ring", "checker", "dots", "waves"]  # id order
+    paths = generate_synthetic_dataset(tmp_path, "train", num_images=12, size=48, seed=3,
+                                       categories=more)
+    data = json.loads(paths.annotations_json.read_text())
+    used = {s["category_id"] for a in data["annotations"] for s in a["segments_info"]}
+    assert used == {4, 5, 6, 7, 12, 15, 16}
 
 
 def test_synth_command(tmp_path, cli, capsys):

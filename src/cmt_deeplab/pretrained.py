@@ -231,7 +231,7 @@ def plan_pretrained(
                            f"{tuple(tensor.shape)}")
     report.unused = sorted(set(state) - taken)
     if not backbone_only:
-        misfits += [f"{key}: not in the model" for key in report.unused]
+        misfits += [f"{key}: not in the model" for key in report.unused if key not in targets]
     if misfits and strict:
         hint = ("an encoder of another architecture?" if backbone_only else
                 "a checkpoint of another model? pass --backbone-only for its pixel encoder,")

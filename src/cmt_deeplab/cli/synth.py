@@ -6,7 +6,11 @@ import argparse
 import os
 import time
 
-from cmt_deeplab.data.synthetic import SYNTHETIC_CATEGORIES, generate_synthetic_dataset
+from cmt_deeplab.data.synthetic import (
+    MORE_SYNTHETIC_CATEGORIES,
+    SYNTHETIC_CATEGORIES,
+    generate_synthetic_dataset,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,9 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=96, metavar="S", help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0, metavar="K")
     parser.add_argument("--categories", nargs="+", metavar="NAME",
-                        choices=[c.name for c in SYNTHETIC_CATEGORIES],
-                        help="subset of the classes (default all: "
-                             f"{' '.join(c.name for c in SYNTHETIC_CATEGORIES)})")
+                        choices=[c.name for c in (*SYNTHETIC_CATEGORIES,
+                                                  *MORE_SYNTHETIC_CATEGORIES)],
+                        help="classes to draw (default: "
+                             f"{' '.join(c.name for c in SYNTHETIC_CATEGORIES)}; more on "
+                             f"request: {' '.join(c.name for c in MORE_SYNTHETIC_CATEGORIES)})")
     parser.add_argument("--crowd", nargs="?", type=float, const=0.2, default=0.0, metavar="P",
                         help="add a crowd region to a fraction P of the images (0.2 if no P)")
     parser.add_argument("--image-format", choices=("png", "jpg"), default="png")

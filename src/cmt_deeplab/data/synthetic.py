@@ -49,6 +49,16 @@ SYNTHETIC_CATEGORIES: tuple[Category, ...] = (
     Category(14, "gradient", False, (70, 130, 180)),
 )
 
+#: More classes, drawn on request only (``categories=``): a class list the default set never
+#: shows, for fine-tuning a model trained on the default set to new classes.
+MORE_SYNTHETIC_CATEGORIES: tuple[Category, ...] = (
+    Category(5, "hexagon", True, (145, 30, 180)),
+    Category(6, "cross", True, (240, 50, 230)),
+    Category(7, "ring", True, (0, 128, 128)),
+    Category(15, "dots", False, (170, 110, 40)),
+    Category(16, "waves", False, (128, 128, 0)),
+)
+
 _ID_STEP = 1000  # segment id = category_id * 1000 + k
 
 
@@ -70,14 +80,16 @@ class SyntheticConfig:
 
 
 def synthetic_categories(names: Sequence[str] | None = None) -> list[Category]:
-    """The catalogue, or the named subset of it (at least one thing and one stuff class)."""
+    """The default classes, or the named ones of the whole catalogue (default and more; at
+    least one thing and one stuff class), in id order."""
     if not names:
         return list(SYNTHETIC_CATEGORIES)
-    by_name = {c.name: c for c in SYNTHETIC_CATEGORIES}
+    catalogue = sorted((*SYNTHETIC_CATEGORIES, *MORE_SYNTHETIC_CATEGORIES), key=lambda c: c.id)
+    by_name = {c.name: c for c in catalogue}
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise ValueError(f"unknown synthetic categories {unknown}; choose from {list(by_name)}")
-    chosen = [c for c in SYNTHETIC_CATEGORIES if c.name in set(names)]
+    chosen = [c for c in catalogue if c.name in set(names)]
     if not any(c.isthing for c in chosen) or all(c.isthing for c in chosen):
         raise ValueError(f"need at least one thing and one stuff category, got {list(names)}")
     return chosen

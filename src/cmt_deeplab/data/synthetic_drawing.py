@@ -40,6 +40,14 @@ def texture(
         weight = np.clip(smooth + rng.normal(0, 0.2, (size, size)), 0, 1)
     elif name == "gradient":
         weight = (along - along.min()) / max(float(np.ptp(along)), 1e-6)
+    elif name == "dots":
+        cell = rng.uniform(6.0, 11.0) * unit
+        dy, dx = (across / cell) % 1 - 0.5, (along / cell) % 1 - 0.5
+        weight = (dy * dy + dx * dx < rng.uniform(0.06, 0.12)).astype(np.float32)
+    elif name == "waves":
+        period = rng.uniform(8.0, 14.0) * unit
+        bend = rng.uniform(3.0, 6.0) * unit * np.sin(2 * math.pi * across / (3 * period))
+        weight = 0.5 + 0.5 * np.sin(2 * math.pi * (along + bend) / period)
     else:
         raise ValueError(f"unknown stuff texture {name!r}")
     weight = weight.astype(np.float32)[..., None]
@@ -53,8 +61,11 @@ def shape_mask(
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
     cy, cx = float(centre[0]), float(centre[1])
-    if name == "circle":
+    if name in ("circle", "ring"):
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=1)
+        if name == "ring":
+            inner = radius * 0.5
+            draw.ellipse([cx - inner, cy - inner, cx + inner, cy + inner], fill=0)
     else:
         if name == "square":
             radii, count = [radius], 4
@@ -62,6 +73,11 @@ def shape_mask(
             radii, count = [radius * 1.15], 3  # a bit larger: a triangle covers less area
         elif name == "star":
             radii, count = [radius * 1.2, radius * 0.5], 10
+        elif name == "hexagon":
+            radii, count = [radius], 6
+        elif name == "cross":
+            # Twelve corners: radii alternating arm tip / inner corner, rotated by the angle.
+            radii, count = [radius * 1.15, radius * 1.15, radius * 0.5], 12
         else:
             raise ValueError(f"unknown thing shape {name!r}")
         points = [
