@@ -107,7 +107,8 @@ def test_short_run_writes_a_loadable_model_dir_and_eval(data_root, tmp_path, cap
     assert config["model"]["build_kwargs"] == {"num_classes": 8, "num_thing_classes": 4,
                                                "num_slots": 8}
     assert [c["id"] for c in config["data"]["categories"]] == [1, 2, 3, 4, 11, 12, 13, 14]
-    assert config["input"] == {"crop": [33, 33], "eval_size": [33, 33]}
+    # The tiny recipe (--model's default config) evaluates its 96 px images whole.
+    assert config["input"] == {"crop": [33, 33], "eval_size": [96, 96]}
     assert config["train"]["run"]["steps"] == 2
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000002"]
     history = json.loads((out / "eval.json").read_text())

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from pathlib import Path
 
 COMMAND_MODULES = [
     "models",
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    original_format = warnings.formatwarning
+    warnings.formatwarning = _short_warning(args.command, original_format)
     try:
         result = args.func(args)
     except (UserError, FileNotFoundError, ValueError, KeyError) as error:
@@ -54,7 +58,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cmt-deeplab {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = original_format
     return int(result or 0)
+
+
+def _short_warning(command: str, original):  # noqa: ANN001, ANN202 (warnings' signature)
+    """The library's warnings (``UserWarning``) as ``cmt-deeplab CMD: warning: ...`` lines,
+    without the source line a user cannot act on; other categories as Python prints them."""
+
+    def format_warning(message, category, filename, lineno, line=None):  # noqa: ANN001, ANN202
+        if issubclass(category, UserWarning) and filename.startswith(_PACKAGE_DIR):
+            return f"cmt-deeplab {command}: warning: {message}\n"
+        return original(message, category, filename, lineno, line)
+
+    return format_warning
+
+
+#: Warnings raised from this folder (the library's own) get the short format.
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 
 if __name__ == "__main__":

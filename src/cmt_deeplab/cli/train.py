@@ -8,14 +8,20 @@
     cmt-deeplab train --config synthetic_cmt_deeplab_tiny --data shapes --out runs/ft \
         --init-from runs/tiny --backbone-only      # a pretrained start (net surgery included)
 
-``--resume`` continues from the newest complete training state in ``--out``; ``--dry-run``
-runs one step at the configured crop and batch and reports the peak memory.
+Without ``--config`` the model's own recipe is used (``--model cmt-deeplab-tiny``: the
+synthetic CPU preset; a paper model: its paper config; no ``--model``: cmt-deeplab-s's), and
+the command says which. Before anything is loaded, settings that cannot fit the machine's
+memory are an error and a run that ends inside its warm-up gets a warning
+(``engine.preflight``). ``--resume`` continues from the newest complete training state in
+``--out``; ``--dry-run`` runs one step at the configured crop and batch and reports the peak
+memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,10 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a CMT-DeepLab / MaX-DeepLab model",
         description="Trains a model. Settings come from --config (a YAML path or a shipped "
-                    "config name), then --set key.sub=value overrides, then the flags below.",
+                    "config name; default: the recipe of --model, e.g. the synthetic preset "
+                    "for cmt-deeplab-tiny, the paper's COCO config for cmt-deeplab-s), then "
+                    "--set key.sub=value overrides, then the flags below.",
     )
     parser.add_argument("--config", metavar="FILE|NAME",
-                        help="YAML config, or the name of a shipped one (see --list-configs)")
+                        help="YAML config, or the name of a shipped one (see --list-configs); "
+                             "default: the recipe of --model")
     parser.add_argument("--list-configs", action="store_true",
                         help="print the shipped config names and exit")
     parser.add_argument("--model", metavar="NAME", help="registered model name (model.name)")
@@ -83,6 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(cmt-deeplab convert deeplab2 --list); 'none' trains from scratch")
     parser.add_argument("--backbone-only", action="store_true",
                         help="take only the pixel encoder of --init-from (init.backbone_only)")
+    parser.add_argument("--no-memory-check", action="store_true",
+                        help="start even when the estimated memory exceeds the machine's")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override any config key, e.g. "
                         "--set optimizer.lr=3e-4 --set loss.mask_approx_weight=0.5")
@@ -94,7 +105,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_config(args: argparse.Namespace) -> Any:
     """The resolved ``TrainConfig`` of the command line."""
-    from cmt_deeplab.engine.config import load_train_config
+    return _resolve(args)[0]
+
+
+def _resolve(args: argparse.Namespace) -> tuple[Any, str]:
+    """``(TrainConfig, which config it came from, in words)``."""
+    from cmt_deeplab.engine.config import ModelSection, load_train_config, model_recipe
 
     values: dict[str, Any] = {}
     for attribute, key in _FLAG_KEYS.items():
@@ -118,7 +134,14 @@ def build_config(args: argparse.Namespace) -> Any:
         values["init.backbone_only"] = True
     if str(values.get("init.checkpoint", "")).lower() == "none":
         values["init.checkpoint"] = None
-    return load_train_config(args.config, args.overrides, values)
+    if args.config is not None:
+        return load_train_config(args.config, args.overrides, values), f"config {args.config}"
+    model = args.model or ModelSection.name
+    name, recipe = model_recipe(model)
+    given = "--model " + model if args.model else f"the default model {model}"
+    source = (f"config {name} (the recipe of {given}; --config chooses another)" if name
+              else f"the built-in defaults (no shipped recipe for {given}; pass --config)")
+    return load_train_config(recipe, args.overrides, values), source
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
     if args.list_configs:
         print("\n".join(list_shipped_configs()))
         return 0
-    config = build_config(args)
+    config, source = _resolve(args)
+    if os.environ.get("RANK", "0") == "0" and not args.print_config:
+        print(f"train: {config.model.name} with {source}", file=sys.stderr)
     if args.print_config:
         import yaml
 
@@ -140,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     from cmt_deeplab.utils.process_memory import format_bytes
 
     trainer = Trainer(config, None if args.dry_run else args.out, resume=args.resume,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, check_memory=not args.no_memory_check)
     try:
         if args.dry_run:
             report = trainer.dry_run()

@@ -13,6 +13,7 @@ dotted keys. An unknown key anywhere is an error naming it, and values are type-
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -256,6 +257,32 @@ def configs_dir() -> Path:
     return Path(str(resources.files("cmt_deeplab") / "configs"))
 
 
+#: The recipe ``train --model NAME`` trains with when no ``--config`` is given: the paper's
+#: COCO setting for the paper's models (MaX-L and the ResNet-50 ablation take their family's
+#: small-model recipe, as in the paper), the synthetic CPU preset for the tiny ones.
+MODEL_RECIPES = {
+    "cmt-deeplab-s": "coco_cmt_deeplab_s",
+    "cmt-deeplab-l": "coco_cmt_deeplab_l",
+    "cmt-deeplab-l-rfn": "coco_cmt_deeplab_l_rfn",
+    "cmt-deeplab-r50": "coco_cmt_deeplab_s",
+    "cmt-deeplab-tiny": "synthetic_cmt_deeplab_tiny",
+    "max-deeplab-s": "coco_max_deeplab_s",
+    "max-deeplab-l": "coco_max_deeplab_s",
+    "max-deeplab-tiny": "synthetic_cmt_deeplab_tiny",
+}
+
+
+def model_recipe(model: str) -> tuple[str | None, dict[str, Any]]:
+    """``(shipped config name, its settings)`` of ``model``'s default recipe, with the model
+    set to ``model`` and without the config's data section (the data is the user's);
+    ``(None, {...})`` with the built-in defaults for a model without one."""
+    name = MODEL_RECIPES.get(model)
+    data = read_config_file(name) if name is not None else {}
+    data.pop("data", None)
+    data.setdefault("model", {})["name"] = model
+    return name, data
+
+
 def list_shipped_configs() -> list[str]:
     return sorted(p.stem for p in configs_dir().glob("*.yaml"))
 
@@ -316,13 +343,16 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def load_train_config(
-    name_or_path: str | Path | None = None,
+    name_or_path: str | Path | Mapping[str, Any] | None = None,
     overrides: Iterable[str] = (),
     values: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
-    """Defaults < file < ``overrides`` (``"key.sub=value"`` strings) < ``values`` (dotted keys,
-    already typed: what the command-line flags give)."""
-    data = read_config_file(name_or_path) if name_or_path is not None else {}
+    """Defaults < file (or a mapping of its settings) < ``overrides`` (``"key.sub=value"``
+    strings) < ``values`` (dotted keys, already typed: what the command-line flags give)."""
+    if isinstance(name_or_path, Mapping):
+        data = copy.deepcopy(dict(name_or_path))
+    else:
+        data = read_config_file(name_or_path) if name_or_path is not None else {}
     for text in overrides:
         set_dotted(data, *parse_override(text))
     for key, value in (values or {}).items():

@@ -42,6 +42,7 @@ from cmt_deeplab.engine.distributed import DistributedContext
 from cmt_deeplab.engine.dry_run import dry_run
 from cmt_deeplab.engine.evaluate import evaluate_model
 from cmt_deeplab.engine.optim import build_optimizer, build_scheduler, set_schedule_end
+from cmt_deeplab.engine.preflight import preflight
 from cmt_deeplab.engine.resume import resume_latest, training_state
 from cmt_deeplab.engine.rng_state import seed_everything
 from cmt_deeplab.engine.time_budget import TimeBudget
@@ -73,6 +74,8 @@ class Trainer:
             start when there is none). Without it, an ``out_dir`` that already holds training
             states is an error, so a run is never overwritten by accident.
         progress: show a tqdm progress bar (rank 0).
+        check_memory: refuse, before anything is loaded, settings whose estimated memory
+            exceeds the machine's (``engine.preflight``).
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class Trainer:
         out_dir: str | Path | None,
         resume: bool = False,
         progress: bool = True,
+        check_memory: bool = True,
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -114,6 +118,10 @@ class Trainer:
         self.num_classes, self.num_thing_classes = (
             (self.info.num_classes, self.info.num_thing_classes) if self.info is not None
             else DEFAULT_CLASSES)  # no data: a dry run on random batches
+        preflight(config, self.device, self.micro_batch, self.num_classes,
+                  self.num_thing_classes, loads_data=self.train_dataset is not None
+                  and self.out_dir is not None, check_memory=check_memory,
+                  check_schedule=self.out_dir is not None)
         model = build_model(config.model.name, num_classes=self.num_classes,
                             num_thing_classes=self.num_thing_classes,
                             num_slots=config.model.num_slots, **config.model.overrides)
