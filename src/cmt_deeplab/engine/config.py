@@ -274,11 +274,14 @@ MODEL_RECIPES = {
 
 def model_recipe(model: str) -> tuple[str | None, dict[str, Any]]:
     """``(shipped config name, its settings)`` of ``model``'s default recipe, with the model
-    set to ``model`` and without the config's data section (the data is the user's);
+    set to ``model`` and without the config's data section (the data is the user's) nor, for
+    a recipe borrowed from another model of the family, its pretrained start;
     ``(None, {...})`` with the built-in defaults for a model without one."""
     name = MODEL_RECIPES.get(model)
     data = read_config_file(name) if name is not None else {}
     data.pop("data", None)
+    if data.get("model", {}).get("name") != model:
+        data.pop("init", None)  # a borrowed recipe's pretrained start fits another model
     data.setdefault("model", {})["name"] = model
     return name, data
 
