@@ -56,7 +56,7 @@ def test_sidecar_describes_the_graph(cmt_onnx) -> None:
 def test_onnxruntime_matches_eager_at_any_batch(cmt_onnx) -> None:
     model, _, out = cmt_onnx
     runner = load_exported(out, num_threads=2)
-    images = torch.randn(3, 3, SIZE, SIZE)
+    images = smooth_images(3, SIZE, SIZE)
     with torch.no_grad():
         reference = model(images)
     for batch in (images[:1], images):  # a batch of 3 runs one image at a time
@@ -66,6 +66,14 @@ def test_onnxruntime_matches_eager_at_any_batch(cmt_onnx) -> None:
         class_diff, mask_diff = logit_diffs(
             outputs, {k: v[:count] for k, v in reference.items() if k in NETWORK_OUTPUTS})
         assert class_diff < MAX_LOGIT_DIFF and mask_diff < MAX_LOGIT_DIFF, (class_diff, mask_diff)
+    # The panoptic maps of the two: the share of pixels with the same label.
+    segments = 0
+    for index in range(images.shape[0]):
+        maps = [pixelwise_panoptic(o["pred_logits"][index], o["pred_masks"][index], INFO,
+                                   (SIZE, SIZE)) for o in (outputs, reference)]
+        segments += len(maps[1].segments_info)
+        assert (maps[0].panoptic == maps[1].panoptic).mean() >= MIN_PIXEL_AGREEMENT
+    assert segments >= 3
 
 
 def test_a_shape_not_exported_is_an_error_naming_both(cmt_onnx) -> None:
@@ -117,7 +125,7 @@ def test_torch_export_program_matches_eager(tmp_path: Path) -> None:
     export_model(model, out, format="torch-export", size=SIZE, info=INFO)
     runner = load_exported(out)
     assert Sidecar.load(out).format == "torch-export"
-    images = torch.randn(1, 3, SIZE, SIZE)
+    images = smooth_images(1, SIZE, SIZE)
     with torch.no_grad():
         reference = model(images)
     class_diff, mask_diff = logit_diffs(runner(images), reference)
