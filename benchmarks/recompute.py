@@ -83,6 +83,7 @@ def measure(model: str, crop: int, batch: int, modes: list[str], rounds: int,
     for round_index in range(rounds + 1):
         for mode in modes if round_index else modes[:1]:  # round 0: one warm-up step
             set_recompute(trainer.model, mode)
+            trainer.criterion.recompute = mode == "blocks"  # as the trainer sets it
             _release_freed_memory()
             with track_peak_memory(torch_device) as memory:
                 start = time.perf_counter()

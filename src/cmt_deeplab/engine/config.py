@@ -36,7 +36,8 @@ OPTIMIZERS = ("adamw", "adam")
 @dataclass
 class ModelSection:
     """Which registered model, how many slots, ``build_model`` overrides, and what to
-    recompute in backward to save memory (``none``, ``axial`` or ``blocks``:
+    recompute in backward to save memory (``none``, ``axial`` or ``blocks``, which also
+    recomputes the loss terms:
     ``models/layers/recompute.py``)."""
 
     name: str = "cmt-deeplab-s"

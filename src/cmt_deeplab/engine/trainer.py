@@ -135,7 +135,10 @@ class Trainer:
         seed_everything(run.seed + 1_000_003 * self.dist.rank)
         self.loss_generator = torch.Generator(device=self.device).manual_seed(
             run.seed * 7919 + self.dist.rank)
-        self.criterion = PanopticCriterion(self.num_classes, config.loss, self.loss_generator)
+        # ``blocks`` recomputes the loss terms too: at COCO crops they keep more than the
+        # recomputed network does.
+        self.criterion = PanopticCriterion(self.num_classes, config.loss, self.loss_generator,
+                                           recompute=config.model.recompute == "blocks")
         self.train_model: nn.Module = self.model
         if self.dist.enabled:
             self.train_model = wrap_distributed(self.model, self.criterion,

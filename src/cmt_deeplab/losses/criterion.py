@@ -34,6 +34,7 @@ from cmt_deeplab.losses.pq_loss import (
     pq_dice_loss,
     pq_loss_weights,
 )
+from cmt_deeplab.losses.recompute import recompute_terms
 from cmt_deeplab.losses.semantic_loss import semantic_loss
 from cmt_deeplab.losses.stacking import stacked_terms
 from cmt_deeplab.losses.targets import PanopticTargets, build_targets, repeat_batch
@@ -46,6 +47,8 @@ class PanopticCriterion(nn.Module):
         num_classes: ``K`` thing + stuff classes (``pred_logits`` has ``K + 1`` channels).
         config: weights and options (defaults to ``LossConfig()``).
         generator: RNG of the pixel sampling (reproducible losses when seeded).
+        recompute: recompute the per-output terms' intermediates in backward instead of
+            keeping them (``losses.recompute``; same values and gradients, less memory).
     """
 
     def __init__(
@@ -53,8 +56,10 @@ class PanopticCriterion(nn.Module):
         num_classes: int,
         config: LossConfig | None = None,
         generator: torch.Generator | None = None,
+        recompute: bool = False,
     ) -> None:
         super().__init__()
+        self.recompute = recompute
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
@@ -162,10 +167,16 @@ class PanopticCriterion(nn.Module):
             keys.append("pixel_feature")
 
         def batch_terms(stacked: dict[str, Tensor], count: int) -> dict[str, Tensor]:
-            return self._batch_terms(
-                stacked, targets.repeat(count), repeat_batch(slots, count),
-                weights.repeat(count), repeat_batch(target_slot, count),
-            )
+            def terms(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+                return self._batch_terms(
+                    inputs, targets.repeat(count), repeat_batch(slots, count),
+                    weights.repeat(count), repeat_batch(target_slot, count),
+                )
+
+            if self.recompute and torch.is_grad_enabled() and any(
+                    value.requires_grad for value in stacked.values()):
+                return recompute_terms(terms, stacked, self.generator)
+            return terms(stacked)
 
         return stacked_terms(outputs, keys, batch_terms)
 

@@ -6,7 +6,8 @@
 - ``"axial"``: the axial-attention residual blocks, whose attention logits and softmax
   ``[B, h, H, W, W]`` are the largest saved tensors (deeplab2 recomputes them by default,
   ``axial_use_recompute_grad``);
-- ``"blocks"``: every residual block and every transformer layer (MaX dual-path, CMT).
+- ``"blocks"``: every residual block and every transformer layer (MaX dual-path, CMT); the
+  trainer then recomputes the loss terms too (``losses.recompute``).
 
 It uses ``torch.utils.checkpoint`` in its non-reentrant form, which keeps the autograd graph of
 the first forward (so outputs stored on the side, such as a CMT layer's auxiliary predictions,
