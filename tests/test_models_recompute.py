@@ -129,6 +129,11 @@ def test_recompute_keeps_fewer_activations_and_leaves_eval_alone():
              for mode in ("none", "axial", "blocks")}
     assert saved["blocks"] < saved["axial"] < saved["none"]
     assert saved["blocks"] < 0.5 * saved["none"], saved
+    # The stem and the semantic head are recomputed too (their stride-2/4 maps are large).
+    assert model.backbone.recompute == model.semantic_head.recompute == "blocks"
+    set_recompute(model, "none")
+    model.backbone.recompute = model.semantic_head.recompute = "blocks"
+    assert _saved_bytes(model, images) < saved["none"]
     # Evaluation runs the plain path (nothing to save, nothing recomputed).
     model.eval()
     with torch.no_grad():

@@ -27,6 +27,7 @@ from cmt_deeplab.models.layers.block_group import (
     TransformerState,
     bottleneck_blocks,
 )
+from cmt_deeplab.models.layers.recompute import run_module
 from cmt_deeplab.models.layers.stems import StemFactory, inception_stem
 
 #: Blocks of stages 2-5 of Axial-R50 and Axial-R104.
@@ -71,6 +72,7 @@ class AxialResNet(nn.Module):
         else:
             first_stage = 1
         self.stem, channels = stem(stem_width_multiplier, config.activation)
+        self.recompute = "none"  # the stem's; the stages' is their own (set_recompute)
         self.first_stage = first_stage
         self.stages = nn.ModuleDict()
         self.stage_channels: dict[str, int] = {"stage1": channels}
@@ -95,7 +97,7 @@ class AxialResNet(nn.Module):
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """``feedback`` maps an endpoint name to a tensor averaged into that stage's output
         before the next stage runs (the recursive feature network's skip connection)."""
-        x = self.stem(images)
+        x = run_module(self.stem, self.stem, images, mode=self.recompute)
         endpoints = {"stage1": x}
         for name, group in self.stages.items():
             x, memory = group(x, memory, state)

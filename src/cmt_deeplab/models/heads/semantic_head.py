@@ -14,6 +14,7 @@ from torch import nn
 
 from cmt_deeplab.models.layers.init import trunc_normal_
 from cmt_deeplab.models.layers.norm_act import ConvBN, get_activation
+from cmt_deeplab.models.layers.recompute import run_module
 from cmt_deeplab.models.layers.resized_fuse import resize_bilinear
 
 
@@ -95,8 +96,12 @@ class SemanticHead(nn.Module):
         trunc_normal_(self.classifier.weight, 0.01)
         nn.init.zeros_(self.classifier.bias)
         self.act = get_activation(activation)
+        self.recompute = "none"  # set_recompute: "blocks" recomputes the head in backward
 
     def forward(self, high: torch.Tensor, lows: list[torch.Tensor]) -> torch.Tensor:
+        return run_module(self, self._forward, high, lows, mode=self.recompute)
+
+    def _forward(self, high: torch.Tensor, lows: list[torch.Tensor]) -> torch.Tensor:
         x = self.aspp(high) if self.use_decoder else high
         for low, project, fuse in zip(lows, self.low_projections, self.fusions, strict=True):
             x = resize_bilinear(x, tuple(low.shape[-2:]))
