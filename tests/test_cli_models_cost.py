@@ -83,3 +83,39 @@ def test_training_memory_is_measured_in_a_fresh_process():
     plain, kind = measure_training_memory("cmt-deeplab-tiny", (65, 65), "cpu", num_classes=6,
                                           num_thing_classes=3, num_slots=8)
     assert plain > 0 and kind == "CPU peak RSS increase"
+
+
+def _output_bytes(name: str, size: int) -> int:
+    import torch
+
+    from cmt_deeplab import build_model
+
+    model = build_model(name).eval()
+    with torch.inference_mode():
+        outputs = model(torch.zeros(1, 3, size, size))
+    tensors = [v for v in outputs.values() if isinstance(v, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_cost_shows_progress_and_each_models_own_peak(capsys):
+    # Peak memory is that of each model's first forward in a fresh process: at least what the
+    # forward returns (a peak taken after warm-up forwards, in a process that ran another model
+    # first, reads less: the allocator reuses freed blocks without the resident size growing).
+    assert main(["cost", "--models", "max-deeplab-tiny,cmt-deeplab-tiny", "--size", "193",
+                 "--repeats", "1", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert "cost: [1/2] max-deeplab-tiny: counting, timing 1 forward(s) ..." in captured.err
+    assert "cost: [2/2] cmt-deeplab-tiny: done in" in captured.err
+    for row in json.loads(captured.out):
+        assert row["peak_mem_bytes"] >= _output_bytes(row["model"], 193), row
+
+
+def test_cost_table_headers_and_the_papers_own_figures(capsys):
+    assert main(["cost", "--models", "cmt-deeplab-s", "--size", "65", "--no-timing"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    for column in ("params", "params + aux head", "paper params", "paper GMACs", "peak mem"):
+        assert column in header
+    assert "paper's and deeplab2's convention" in out
+    row = next(line for line in out.splitlines() if line.startswith("cmt-deeplab-s"))
+    assert "94,818,500" in row and "110,674,985" in row and "95M" in row and "396" in row

@@ -6,6 +6,8 @@ import argparse
 import csv
 import io
 import json
+import sys
+import time
 
 import torch
 
@@ -54,7 +56,12 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     train_crop = parse_size(args.train_crop, "--train-crop") if args.train_crop else None
     rows = []
-    for name in names:
+    for index, name in enumerate(names, start=1):
+        start = time.perf_counter()
+        what = "counting" if args.no_timing else f"counting, timing {args.repeats} forward(s)"
+        print(f"cost: [{index}/{len(names)}] {name}: {what}"
+              + (f", a training step at {train_crop[0]}x{train_crop[1]}" if train_crop else "")
+              + " ...", file=sys.stderr, flush=True)
         row = measure_cost(name, height, width, timing=not args.no_timing, device=device,
                            repeats=args.repeats)
         if train_crop is not None:
@@ -65,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
             except MemoryError as error:  # the others are still worth printing
                 row.train_mem_kind = f"did not fit: {error}"
         rows.append(row)
+        print(f"cost: [{index}/{len(names)}] {name}: done in {time.perf_counter() - start:.0f} s",
+              file=sys.stderr, flush=True)
     print(format_rows(rows, args.format))
     return 0
 
@@ -73,7 +82,8 @@ def format_rows(rows: list, fmt: str) -> str:
     dicts = [r.to_dict() for r in rows]
     if fmt == "json":
         return json.dumps([{k: d[k] for k in JSON_KEYS} | {"size": [d["height"], d["width"]],
-                           "device": d["device"], "peak_mem_kind": d["peak_mem_kind"]} for d in dicts],
+                           "device": d["device"], "peak_mem_kind": d["peak_mem_kind"],
+                           "paper_table2": PAPER_TABLE2.get(d["model"])} for d in dicts],
                           indent=2)
     if fmt == "markdown":
         return format_markdown(dicts)
@@ -84,24 +94,31 @@ def format_rows(rows: list, fmt: str) -> str:
         writer.writerows(dicts)
         return buffer.getvalue().rstrip()
     training = any(d["train_crop"] for d in dicts)
-    header = ("model", "size", "params", "paper params", "GMACs", "latency s", "FPS", "peak mem")
+    header = ("model", "size", "params", "params + aux head", "paper params", "GMACs",
+              "paper GMACs", "latency s", "FPS", "peak mem")
     header += ("train mem / image", "paper train mem") if training else ()
     table = [header]
     for d in dicts:
         timed = d["latency_s"] is not None
+        paper = PAPER_TABLE2.get(d["model"], {})
         table.append((
-            d["model"], f"{d['height']}x{d['width']}", f"{d['params']:,}", f"{d['params_paper']:,}",
-            f"{d['gmacs']:.1f}", f"{d['latency_s']:.3f}" if timed else "-",
+            d["model"], f"{d['height']}x{d['width']}", f"{d['params_paper']:,}",
+            f"{d['params']:,}", paper.get("params", "-"), f"{d['gmacs']:.1f}",
+            str(paper.get("gflops", "-")), f"{d['latency_s']:.3f}" if timed else "-",
             f"{d['fps']:.2f}" if timed else "-",
             f"{d['peak_mem_bytes'] / 2**20:.0f} MiB" if timed else "-",
-        ) + ((_train_memory(d), PAPER_TABLE2.get(d["model"], {}).get("memory", "-"))
-             if training else ()))
+        ) + ((_train_memory(d), paper.get("memory", "-")) if training else ()))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in table]
+    lines.append("params: ours without the training-only auxiliary semantic head (the paper's "
+                 "and deeplab2's convention); params + aux head: with it; paper params, "
+                 "paper GMACs: the paper's Table 2 (its 'FLOPs' are multiply-accumulates, "
+                 "at 1200x800)")
     if dicts and dicts[0]["device"]:
-        lines.append(f"device: {dicts[0]['device']}; peak mem = {dicts[0]['peak_mem_kind']} of one forward")
-    lines.append("GMACs: multiply-accumulates (= paper 'FLOPs'), torch FlopCounterMode / 2, on the meta device")
+        lines.append(f"device: {dicts[0]['device']}; peak mem = {dicts[0]['peak_mem_kind']} of "
+                     "the first forward of the model, in a fresh process on the CPU")
+    lines.append("GMACs: multiply-accumulates, torch FlopCounterMode / 2, on the meta device")
     if training:
         lines += _training_notes(dicts)
     return "\n".join(lines)
@@ -129,8 +146,8 @@ def _training_notes(rows: list[dict]) -> list[str]:
 def format_markdown(rows: list[dict]) -> str:
     """Ours beside the paper's Table 2 (V100 FPS, TPUv4 training memory, 1200x800)."""
     lines = [
-        "| model | size | params | paper params | GMACs | paper GFLOPs | FPS | paper FPS "
-        "| train mem / image | paper train mem |",
+        "| model | size | params (paper convention) | paper params | GMACs | paper GMACs "
+        "('GFLOPs') | FPS | paper FPS | train mem / image | paper train mem |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in rows:

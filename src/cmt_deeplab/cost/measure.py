@@ -7,7 +7,9 @@ from __future__ import annotations
 import gc
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -57,18 +59,40 @@ def measure_cost(
     repeats: int = 3,
     **kwargs,
 ) -> CostRow:
-    """One row of the cost table: counts always; latency, FPS and peak forward memory
-    (CUDA peak allocated, or on CPU the peak resident-memory increase) unless ``timing=False``."""
+    """One row of the cost table: counts always; latency, FPS and the peak memory of one
+    forward (CUDA peak allocated, or on CPU the peak resident-memory increase, measured in a
+    fresh process) unless ``timing=False``."""
     params, params_paper = count_model_parameters(name, **kwargs)
     macs = count_macs(lambda: build_model(name, **kwargs), height, width)
     row = CostRow(name, height, width, params, params_paper, macs / 1e9)
     if not timing:
         return row
     device = torch.device(device)
+    run = _forward_cost if device.type != "cpu" else partial(
+        _in_fresh_process, _forward_cost, f"the cost process of {name}")
+    latency, row.peak_mem_bytes, row.peak_mem_kind = run(name, height, width, device, warmup,
+                                                         repeats, kwargs)
+    row.latency_s = latency
+    row.fps = 1.0 / latency
+    row.device = _device_name(device)
+    return row
+
+
+def _forward_cost(
+    name: str, height: int, width: int, device: torch.device, warmup: int, repeats: int,
+    kwargs: dict,
+) -> tuple[float, int, str]:
+    """``(median latency s, peak memory of the first forward, its kind)``. Memory is taken on
+    the first forward, before any other: a warm-up leaves its freed blocks to the allocator
+    and a later forward reuses them without the resident size growing. On the CPU this runs
+    in a fresh process per model for the same reason (``_in_fresh_process``)."""
     model = build_model(name, **kwargs).to(device).eval()
     images = torch.zeros(1, 3, height, width, device=device)
     times = []
     with torch.inference_mode():
+        gc.collect()
+        with track_peak_memory(device) as memory:
+            model(images)
         for _ in range(warmup):
             model(images)
         _synchronize(device)
@@ -77,14 +101,7 @@ def measure_cost(
             model(images)
             _synchronize(device)
             times.append(time.perf_counter() - start)
-        gc.collect()
-        with track_peak_memory(device) as memory:
-            model(images)
-        row.peak_mem_bytes, row.peak_mem_kind = memory.increase, memory.kind
-    row.latency_s = statistics.median(times)
-    row.fps = 1.0 / row.latency_s
-    row.device = _device_name(device)
-    return row
+    return statistics.median(times), memory.increase, memory.kind
 
 
 def _synchronize(device: torch.device) -> None:
@@ -114,21 +131,24 @@ def measure_training_memory(
         MemoryError: the step did not fit (the CPU process failed to allocate or was killed).
     """
     if torch.device(device).type == "cpu":
-        return _in_fresh_process(name, crop, batch_size, recompute, kwargs)
+        return _in_fresh_process(_training_memory_of, f"the training step of {name} at {crop[0]}x{crop[1]}",
+                                 name, crop, "cpu", batch_size, recompute, kwargs)
     return _training_memory(name, crop, device, batch_size, recompute, **kwargs)
 
 
-def _in_fresh_process(
-    name: str, crop: tuple[int, int], batch_size: int, recompute: str, kwargs: dict
-) -> tuple[int, str]:
-    """``_training_memory`` on the CPU in a spawned process. A process, not a pool: a step that
-    does not fit may get the process killed by the kernel, which a pool would wait on forever."""
+def _in_fresh_process(function: Callable[..., Any], what: str, *args: Any) -> Any:
+    """``function(*args)`` in a spawned process: memory a previous measurement left to the
+    allocator would otherwise hide part of the peak. A process, not a pool: a step that does
+    not fit may get the process killed by the kernel, which a pool would wait on forever.
+
+    Raises:
+        MemoryError: the process failed to allocate or was killed (SIGKILL: the OOM killer).
+    """
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_report_training_memory,
-                              args=(sender, name, crop, batch_size, recompute, kwargs))
+    process = context.Process(target=_report, args=(sender, function, what, args))
     process.start()
     sender.close()
     try:
@@ -137,29 +157,31 @@ def _in_fresh_process(
         result = None
     process.join()
     if result is None and process.exitcode == -9:
-        raise MemoryError(f"{name} at {crop[0]}x{crop[1]}: the training step was killed "
-                          "(SIGKILL: usually the kernel's out-of-memory killer)")
+        raise MemoryError(f"{what} was killed (SIGKILL: usually the kernel's out-of-memory "
+                          "killer)")
     if result is None:
-        raise RuntimeError(f"the training-memory process of {name} exited with code "
-                           f"{process.exitcode}")
+        raise RuntimeError(f"{what} exited with code {process.exitcode}")
     if isinstance(result, BaseException):
         raise result
     return result
 
 
-def _report_training_memory(
-    sender: Any, name: str, crop: tuple[int, int], batch_size: int, recompute: str,
-    kwargs: dict,
-) -> None:
+def _report(sender: Any, function: Callable[..., Any], what: str, args: tuple) -> None:
     try:
-        result: Any = _training_memory(name, crop, "cpu", batch_size, recompute, **kwargs)
+        result: Any = function(*args)
     except RuntimeError as error:  # "DefaultCPUAllocator: can't allocate memory"
-        result = MemoryError(f"{name} at {crop[0]}x{crop[1]}: {error}") \
-            if "allocate" in str(error) else error
+        result = MemoryError(f"{what}: {error}") if "allocate" in str(error) else error
     except Exception as error:  # noqa: BLE001  (handed to the parent, which raises it)
         result = error
     sender.send(result)
     sender.close()
+
+
+def _training_memory_of(
+    name: str, crop: tuple[int, int], device: str, batch_size: int, recompute: str,
+    kwargs: dict,
+) -> tuple[int, str]:
+    return _training_memory(name, crop, device, batch_size, recompute, **kwargs)
 
 
 def _training_memory(
