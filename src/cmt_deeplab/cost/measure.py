@@ -194,7 +194,7 @@ def _training_memory(
     device = torch.device(device)
     model = set_recompute(build_model(name, **kwargs), recompute).to(device).train()
     spec = model_spec(model).kwargs
-    criterion = PanopticCriterion(spec["num_classes"])
+    criterion = PanopticCriterion(spec["num_classes"], recompute=recompute == "blocks")
     images, targets = random_batch(batch_size, crop, spec["num_classes"], spec["num_thing_classes"])
     images = images.to(device)
     targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
