@@ -108,6 +108,22 @@ def test_init_from_none_trains_from_scratch_and_bad_sources_exit_2(other_classes
     assert f"pretrained source not found: {tmp_path / 'missing'}" in capsys.readouterr().err
 
 
+def test_a_published_start_that_cannot_be_fetched_says_how_to_train_without(
+        other_classes, tmp_path, monkeypatch, capsys):
+    from cmt_deeplab.convert import archives
+
+    name = "max_deeplab_s_backbone_imagenet1k"
+    entry = archives.ARCHIVES[name]
+    monkeypatch.setitem(archives.ARCHIVES, name, archives.Archive(
+        (tmp_path / "offline.tar.gz").as_uri(), entry.model, True, entry.crop, entry.note))
+    monkeypatch.setenv("CMT_DEEPLAB_CACHE", str(tmp_path / "cache"))
+    assert _train(other_classes, tmp_path / "run", "--steps", "1", "--init-from", name) == 2
+    err = capsys.readouterr().err
+    assert f"cannot download {name} from file://" in err
+    assert "--init-from none trains from scratch" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("name", [n for n in list_shipped_configs()
                                   if n.startswith(("coco_", "cityscapes_"))])
 def test_paper_configs_start_from_a_published_imagenet_backbone_that_fits(name):

@@ -170,7 +170,12 @@ class Trainer:
         record = self.out_dir / PRETRAINED_FILE
         if self.resume and list_checkpoints(self.out_dir):
             return PretrainedReport.from_dict(read_json(record, "pretrained-start record")) if record.is_file() else None
-        report = load_pretrained(model, init.checkpoint, init.backbone_only or None, init.strict)
+        try:
+            report = load_pretrained(model, init.checkpoint, init.backbone_only or None,
+                                     init.strict)
+        except (FileNotFoundError, ValueError) as error:
+            raise type(error)(f"pretrained start (init.checkpoint): {error}; --init-from none "
+                              "trains from scratch") from None
         if self.dist.is_main:
             tqdm.write(report.table(model))
             self.out_dir.mkdir(parents=True, exist_ok=True)
