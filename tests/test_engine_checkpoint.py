@@ -84,10 +84,15 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path, trained_model):
 def test_mismatched_weights_are_listed(tmp_path, trained_model):
     directory = save_model_dir(tmp_path / "m", trained_model, {"data": INFO})
     config = yaml.safe_load((directory / "config.yaml").read_text())
-    config["model"]["build_kwargs"]["num_slots"] = 16  # slot table / class head shapes differ
-    config["model"]["build_kwargs"]["num_classes"] = 9
+    config["model"]["build_kwargs"]["num_slots"] = 16  # slot table shapes differ
     (directory / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match=r"do not fit CMTDeepLab: .*shape mismatch"):
+        load_model_dir(directory)
+    # A class count other than the categories' is refused by name, before any build.
+    config["model"]["build_kwargs"]["num_classes"] = 9
+    (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=r"config.yaml: model.build_kwargs.num_classes is 9 "
+                                         r"but the 'data' section lists 8"):
         load_model_dir(directory)
 
 

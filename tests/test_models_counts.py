@@ -97,3 +97,20 @@ def test_macs_scale_with_input_area():
     large = count_macs(lambda: cmt_deeplab.build_model("cmt-deeplab-tiny"), 193, 193)
     # Convolutions scale with the area (x4); the slot-only FFNs do not.
     assert 2.5 < large / small < 4.5
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_flop_counter_mode_as_users_count(mode):
+    """``FlopCounterMode`` on cmt-deeplab-s with trainable parameters under ``no_grad`` /
+    ``inference_mode``, as users count FLOPs: the slot table returns no view of a bare
+    Parameter there (a module-tracker hook needs a grad_fn on such a view)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = cmt_deeplab.build_model("cmt-deeplab-s").eval()
+    assert all(p.requires_grad for p in model.parameters())
+    images = torch.empty(1, 3, 65, 97, device="meta")
+    with mode(), FlopCounterMode(display=False) as counter:
+        model(images)
+    expected = count_macs(lambda: cmt_deeplab.build_model("cmt-deeplab-s"), 65, 97)
+    assert counter.get_total_flops() == 2 * expected > 0

@@ -9,14 +9,26 @@ state), and what ``predict``, ``evaluate``, ``visualize``, the demo and
 
     DIR/model.safetensors   state dict, parameters and buffers (safetensors: no pickle)
     DIR/config.yaml         model: {name, build_kwargs}, data: DatasetInfo.to_dict(),
-                            input: {crop, eval_size}, train: the full training config
+                            input: {crop, eval_size}, train: the full training config,
+                            weights_sha256: the SHA-256 of model.safetensors
 
-Both files are written atomically. Loading rebuilds the model with ``build_model`` from the
-``model`` section and loads the weights strictly, with one error that lists every mismatch.
+Both files are written atomically, the weights first. safetensors has no checksum of its
+own, so a file whose tensor bytes were overwritten would load as NaN or garbage weights:
+loading checks the digest and refuses a mismatch, naming the file (directories written
+before the digest existed load unchecked).
+
+Loading checks ``config.yaml`` (sections, categories, sizes; every error names the file),
+then builds the model on the ``meta`` device and compares its tensor names and shapes with
+the file's header, so a config asking for absurd sizes (10^9 classes) is refused before any
+memory is allocated; only then is the model built and the weights loaded strictly, with one
+error that lists every mismatch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,9 +44,12 @@ from cmt_deeplab.data.metadata import DatasetInfo
 from cmt_deeplab.models.registry import build_model, model_spec
 from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_text
 from cmt_deeplab.utils.plain import to_plain
+from cmt_deeplab.utils.size import parse_size
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
+#: The ``config.yaml`` key holding the SHA-256 (hex) of ``model.safetensors``.
+DIGEST_KEY = "weights_sha256"
 #: The canvas of a model directory without ``input`` sizes.
 DEFAULT_SIZE = 641
 
@@ -68,15 +83,27 @@ def load_model_dir(
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {directory}")
     config = read_model_config(directory / CONFIG_FILE)
-    model_section = config["model"]
-    try:
-        model = build_model(model_section["name"], **dict(model_section.get("build_kwargs") or {}))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{directory / CONFIG_FILE}: cannot build the model: {error}") from None
-    state = read_safetensors(directory / MODEL_FILE)
+    data = read_weights_bytes(directory / MODEL_FILE, config.get(DIGEST_KEY))
+    # Shapes first, on the meta device: a config asking for 10^9 classes fails here, not
+    # in an allocation of the real model.
+    with torch.device("meta"):
+        skeleton = _build_from_config(config, directory / CONFIG_FILE)
+    check_state_shapes(skeleton, safetensors_shapes(data, directory / MODEL_FILE),
+                       directory / MODEL_FILE)
+    del skeleton
+    model = _build_from_config(config, directory / CONFIG_FILE)
+    state = _parse_safetensors(data, directory / MODEL_FILE)
     load_state_dict_checked(model, state, directory / MODEL_FILE)
     device = torch.device(device) if device is not None else torch.device("cpu")
     return model.to(device).eval(), config
+
+
+def _build_from_config(config: Mapping[str, Any], source: Path) -> nn.Module:
+    section = config["model"]
+    try:
+        return build_model(section["name"], **dict(section.get("build_kwargs") or {}))
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ValueError(f"{source}: cannot build the model: {error}") from None
 
 
 def save_model_dir(directory: str | Path, model: nn.Module, config: Mapping[str, Any]) -> Path:
@@ -97,7 +124,9 @@ def save_model_dir(directory: str | Path, model: nn.Module, config: Mapping[str,
     directory = Path(directory)
     document = _config_document(model, config)
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(directory / MODEL_FILE, _state_dict_bytes(unwrap_model(model)))
+    weights = _state_dict_bytes(unwrap_model(model))
+    document[DIGEST_KEY] = hashlib.sha256(weights).hexdigest()
+    atomic_write_bytes(directory / MODEL_FILE, weights)
     atomic_write_text(directory / CONFIG_FILE, yaml.safe_dump(document, sort_keys=False))
     return directory
 
@@ -151,13 +180,48 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     model = config.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         raise ValueError(f"checkpoint config {path} lacks model.name")
-    if not isinstance(model.get("build_kwargs", {}) or {}, dict):
+    kwargs = model.get("build_kwargs", {}) or {}
+    if not isinstance(kwargs, dict):
         raise ValueError(f"checkpoint config {path}: model.build_kwargs is not a mapping")
+    if not isinstance(config.get("data"), dict):
+        raise ValueError(f"checkpoint config {path} lacks its 'data' section (the categories "
+                         f"the model predicts), got {config.get('data')!r}")
+    try:
+        info = DatasetInfo.from_dict(config["data"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        detail = f"missing key {error}" if isinstance(error, KeyError) else str(error)
+        raise ValueError(f"checkpoint config {path}: bad 'data' section: {detail}") from None
+    for key, expected in (("num_classes", info.num_classes),
+                          ("num_thing_classes", info.num_thing_classes)):
+        if key in kwargs and kwargs[key] != expected:
+            raise ValueError(f"checkpoint config {path}: model.build_kwargs.{key} is "
+                             f"{kwargs[key]!r} but the 'data' section lists {expected}")
+    section = config.get("input") or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"checkpoint config {path}: 'input' is not a mapping: {section!r}")
+    for key in ("crop", "eval_size"):
+        if section.get(key) is not None:
+            try:
+                parse_size(section[key], f"input.{key}")
+            except ValueError as error:
+                raise ValueError(f"checkpoint config {path}: {error}") from None
+    digest = config.get(DIGEST_KEY)
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
+        raise ValueError(f"checkpoint config {path}: {DIGEST_KEY} is not a SHA-256 hex "
+                         f"digest: {digest!r}")
     return config
 
 
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file (CPU); errors name the file."""
+def read_safetensors(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file (CPU), checked against ``sha256`` when given;
+    errors name the file."""
+    path = Path(path)
+    return _parse_safetensors(read_weights_bytes(path, sha256), path)
+
+
+def read_weights_bytes(path: str | Path, sha256: str | None = None) -> bytes:
+    """The bytes of a weights file; with ``sha256`` (hex), a ``ValueError`` naming the file
+    and both digests when they differ (the file was damaged or replaced after saving)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -165,6 +229,30 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"weights file not found: {path}") from None
     except OSError as error:
         raise ValueError(f"cannot read weights file {path}: {error}") from None
+    if sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise ValueError(f"corrupt or truncated weights file {path}: its SHA-256 is {actual}, "
+                             f"not {sha256} as recorded when it was saved (damaged or "
+                             "replaced since)")
+    return data
+
+
+def safetensors_shapes(data: bytes, source: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header (8-byte length + JSON), no tensor read."""
+    try:
+        (length,) = struct.unpack_from("<Q", data, 0)
+        if length > len(data) - 8:
+            raise ValueError(f"header length {length} exceeds the file size {len(data)}")
+        header = json.loads(data[8:8 + length])
+        return {name: tuple(int(n) for n in entry["shape"]) for name, entry in header.items()
+                if name != "__metadata__"}
+    except (struct.error, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ValueError(f"corrupt or truncated weights file {source}: bad header "
+                         f"({error})") from None
+
+
+def _parse_safetensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError) as error:
@@ -176,13 +264,23 @@ def load_state_dict_checked(
 ) -> None:
     """``model.load_state_dict(state, strict=True)`` with one error listing every mismatch."""
     model = unwrap_model(model)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    check_state_shapes(model, {key: tuple(value.shape) for key, value in state.items()}, source)
+    model.load_state_dict(dict(state), strict=True)
+
+
+def check_state_shapes(
+    model: nn.Module, shapes: Mapping[str, tuple[int, ...]], source: str | Path
+) -> None:
+    """One ``ValueError`` listing every missing / unexpected key and shape mismatch between
+    ``model``'s state dict (possibly on the meta device) and ``shapes`` read from ``source``."""
+    model = unwrap_model(model)
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     mismatched = [
-        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        f"{key}: file {shapes[key]} vs model {expected[key]}"
         for key in expected
-        if key in state and tuple(state[key].shape) != tuple(expected[key].shape)
+        if key in shapes and shapes[key] != expected[key]
     ]
     if missing or unexpected or mismatched:
         parts = []
@@ -194,7 +292,6 @@ def load_state_dict_checked(
             parts.append(f"{len(mismatched)} shape mismatch(es), e.g. {mismatched[:5]}")
         raise ValueError(f"weights in {source} do not fit {type(model).__name__}: "
                          + "; ".join(parts))
-    model.load_state_dict(dict(state), strict=True)
 
 
 def _config_document(model: nn.Module, config: Mapping[str, Any]) -> dict[str, Any]:

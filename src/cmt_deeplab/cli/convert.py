@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from cmt_deeplab.cli.main import UserError
+from cmt_deeplab.utils.io import check_output_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
                                         ("--out", args.out)) if not value]
     if missing:
         raise UserError(f"{', '.join(missing)} required")
+    check_output_dir(args.out, "--out")
     from cmt_deeplab.convert.deeplab2 import CONVERSION_FILE, convert_deeplab2
 
     _, report = convert_deeplab2(

@@ -26,7 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cmt_deeplab.demo.pipeline import run_demo
+    from cmt_deeplab.utils.io import check_output_dir
 
+    check_output_dir(args.out, "--out")
+    if args.minutes is not None and not 0 < args.minutes < float("inf"):
+        raise ValueError(f"--minutes must be a positive number, got {args.minutes}")
     limit = None if args.minutes is None else 60.0 * args.minutes
     report = run_demo(args.out, quick=args.quick, images=args.images, seed=args.seed,
                       progress=not args.no_progress, time_limit_s=limit)

@@ -30,8 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cmt_deeplab.engine.evaluate import evaluate_model
     from cmt_deeplab.evaluation import format_pq_table, write_per_class_csv
-    from cmt_deeplab.utils.io import atomic_write_json
+    from cmt_deeplab.utils.io import atomic_write_json, check_output_dir
 
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_images < 0:
+        raise UserError(f"--max-images must be 0 (all) or more, got {args.max_images}")
+    if args.output:
+        check_output_dir(args.output, "--output")
     dataset = dataset_from_args(args, skip_bad=args.skip_bad)
     device = parse_device(args.device)
     model, info, default_size = load_model(args, device)
@@ -44,12 +50,18 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_model(model, dataset, size, device=device, method=args.method,
                             max_images=args.max_images, batch_size=args.batch_size, progress=True,
                             precision=args.precision, compile=args.compile)
+    for entry in result["skipped"]:
+        print(f"skipped {entry['file']}: {entry['error']}")
+    if result["num_images"] == 0:
+        # Every image was skipped: a PQ of 0 would only replace an earlier metrics.json.
+        raise UserError(f"no image of {dataset.annotations_json} could be evaluated "
+                        f"({len(result['skipped'])} skipped); nothing written")
     print(format_pq_table(result))
     print(f"images: {result['num_images']}")
     if args.output:
         out = Path(args.output)
         metrics = {key: result[key] for key in ("All", "Things", "Stuff", "per_class", "miou",
-                                                "num_images")}
+                                                "num_images", "skipped")}
         metrics["per_class"] = {str(k): v for k, v in metrics["per_class"].items()}
         atomic_write_json(out / "metrics.json", metrics, indent=2)
         write_per_class_csv(out / "per_class.csv", result, info)

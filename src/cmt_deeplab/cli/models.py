@@ -17,8 +17,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cmt_deeplab.cli.main import UserError
+
+    names = list_models(args.pattern)
+    if not names:
+        raise UserError(f"no registered model matches {args.pattern!r}; "
+                        f"registered: {', '.join(list_models())}")
     rows = []
-    for name in list_models(args.pattern):
+    for name in names:
         entry = model_entry(name)
         total, paper = count_model_parameters(name)
         rows.append({"name": name, "params": paper, "params_total": total,

@@ -38,7 +38,12 @@ from cmt_deeplab.export.runtime import BACKENDS as EXPORT_BACKENDS
 from cmt_deeplab.export.runtime import load_exported
 from cmt_deeplab.inference.post_processing import POST_PROCESSORS
 from cmt_deeplab.inference.predictor import Predictor
-from cmt_deeplab.utils.io import atomic_write_bytes, atomic_write_json, read_json
+from cmt_deeplab.utils.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_dir,
+    read_json,
+)
 from cmt_deeplab.utils.size import parse_size
 
 #: ``--backend``: the model itself, or a graph from ``cmt-deeplab export``.
@@ -99,10 +104,10 @@ def run(args: argparse.Namespace) -> int:
     _check_backend(args)
     size = parse_size(args.size, "--size") if args.size else None
     device = parse_device(args.device)
+    output = check_output_dir(args.output, "--output")
     inputs = find_images(args.input)
     image_ids = _image_ids(inputs, args.image_info)
 
-    output = Path(args.output)
     json_path = output / "predictions.json"
     # --overwrite redoes this run's images; entries of other images from earlier runs stay.
     annotations = _read_annotations(json_path, strict=not args.overwrite)

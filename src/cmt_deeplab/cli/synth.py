@@ -11,6 +11,7 @@ from cmt_deeplab.data.synthetic import (
     SYNTHETIC_CATEGORIES,
     generate_synthetic_dataset,
 )
+from cmt_deeplab.utils.io import check_output_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, "--out")
+    for flag, ok, rule, value in (("--num", args.num >= 1, "at least 1", args.num),
+                                  ("--size", args.size >= 16, "at least 16", args.size),
+                                  ("--workers", args.workers >= 1, "at least 1", args.workers),
+                                  ("--crowd", 0.0 <= args.crowd <= 1.0, "in [0, 1]", args.crowd)):
+        if not ok:
+            raise ValueError(f"{flag} must be {rule}, got {value}")
     start = time.perf_counter()
     paths = generate_synthetic_dataset(
         args.out, split=args.split, num_images=args.num, size=args.size, seed=args.seed,

@@ -30,6 +30,7 @@ from cmt_deeplab.cli.common import size_argument
 from cmt_deeplab.cli.main import UserError
 from cmt_deeplab.data.arguments import add_data_arguments, split_from_args
 from cmt_deeplab.data.splits import PATH_FIELDS
+from cmt_deeplab.utils.io import check_output_dir
 
 #: Flag -> dotted config key; given flags override ``--config`` and ``--set``.
 _FLAG_KEYS = {
@@ -160,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.dry_run and not args.out:
         raise UserError("--out DIR is required (where checkpoints and the model go)")
+    if args.out:
+        check_output_dir(args.out, "--out")
 
     from cmt_deeplab.engine.trainer import Trainer
     from cmt_deeplab.utils.process_memory import format_bytes

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cmt_deeplab.cli.common import load_model
 from cmt_deeplab.cli.main import UserError
+from cmt_deeplab.utils.io import check_output_dir
 from cmt_deeplab.utils.size import parse_size
 
 
@@ -33,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cmt_deeplab.visualization.visualize import format_density, save_visualization, visualize
 
+    check_output_dir(args.out, "--out")
+    if args.max_slots < 1:
+        raise UserError(f"--max-slots must be at least 1, got {args.max_slots}")
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"image not found: {args.image}")
     model, info, _ = load_model(args, None)

@@ -27,6 +27,7 @@ from cmt_deeplab.data.coco_panoptic import (
     ImageRecord,
     find_segment_problems,
     load_panoptic_json,
+    segment_id_of,
 )
 from cmt_deeplab.data.image_io import image_size, load_image
 from cmt_deeplab.data.metadata import DatasetInfo
@@ -85,15 +86,10 @@ def check_dataset(
     report = CheckReport(info=dataset.info)
     json_path = str(dataset.annotations_json)
     data = load_panoptic_json(dataset.annotations_json)
-    image_ids = Counter(image["id"] for image in data.get("images", []))
-    for image_id, count in image_ids.items():
-        if count > 1:
-            report.problems.append((json_path, f"image id {image_id} has {count} image records"))
-    annotated = Counter(record.image_id for record in dataset.records)
-    for image_id, count in annotated.items():
-        if count > 1:
-            report.problems.append((json_path, f"image id {image_id} has {count} annotations"))
-    for image_id in image_ids.keys() - annotated.keys():
+    report.problems += [(json_path, problem) for problem in dataset.id_problems]
+    image_ids = {image["id"] for image in data.get("images", [])}
+    annotated = {record.image_id for record in dataset.records}
+    for image_id in image_ids - annotated:
         report.problems.append((json_path, f"image id {image_id} has no annotation"))
 
     records = tqdm(dataset.records, desc="checking", disable=not progress, unit="image")
@@ -165,9 +161,8 @@ def _check_areas_and_boxes(
     slices = ndimage.find_objects(inverse.reshape(segment_ids.shape) + 1)
     row_of = {int(value): row for row, value in enumerate(unique)}
     for record in segments_info:
-        try:
-            segment_id = int(record["id"])
-        except (KeyError, TypeError, ValueError):
+        segment_id = segment_id_of(record)
+        if segment_id is None:
             continue  # reported as malformed by find_segment_problems
         row = row_of.get(segment_id)
         if row is None or segment_id == 0:

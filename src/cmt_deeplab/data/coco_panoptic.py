@@ -15,6 +15,7 @@ warning and listed in ``dataset.skipped``: never a silently wrong label.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,21 +94,37 @@ def load_panoptic_json(path: str | Path) -> dict[str, Any]:
 
 
 def parse_records(data: dict[str, Any], json_path: str | Path) -> list[ImageRecord]:
-    """One ``ImageRecord`` per annotation, joined with its ``images`` entry by image id."""
+    """One ``ImageRecord`` per annotation, joined with its ``images`` entry by image id.
+
+    Raises:
+        ValueError: a record that is not a mapping, lacks a key, or holds a value of the wrong
+            type (ids: integers or strings; file names: strings; sizes: positive integers),
+            naming the file, the record and the value.
+    """
     images = {}
-    for image in data.get("images", []):
+    for position, image in enumerate(data.get("images", [])):
+        where = f"{json_path}: images[{position}]"
         if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
-            raise ValueError(f"{json_path}: malformed image record {image!r}")
+            raise ValueError(f"{where}: malformed image record {_short(image)} "
+                             "(needs 'id' and 'file_name')")
+        _check_type(image, "id", _is_id, "an integer or a string", where)
+        _check_type(image, "file_name", _is_name, "a non-empty string", where)
+        for key in ("height", "width"):
+            if image.get(key) is not None:
+                _check_type(image, key, _is_positive_int, "a positive integer", where)
         images[image["id"]] = image
     records = []
-    for annotation in data["annotations"]:
+    for position, annotation in enumerate(data["annotations"]):
+        where = f"{json_path}: annotations[{position}]"
         if not isinstance(annotation, dict) or not {"image_id", "file_name"} <= annotation.keys():
-            raise ValueError(f"{json_path}: malformed annotation record {str(annotation)[:200]}")
+            raise ValueError(f"{where}: malformed annotation record {_short(annotation)} "
+                             "(needs 'image_id' and 'file_name')")
+        _check_type(annotation, "image_id", _is_id, "an integer or a string", where)
+        _check_type(annotation, "file_name", _is_name, "a non-empty string", where)
         segments = annotation.get("segments_info", [])
         if not isinstance(segments, list):
-            raise ValueError(
-                f"{json_path}: image id {annotation['image_id']}: segments_info is not a list"
-            )
+            raise ValueError(f"{where} (image id {annotation['image_id']}): segments_info is "
+                             f"not a list: {_short(segments)}")
         image = images.get(annotation["image_id"], {})
         records.append(
             ImageRecord(
@@ -122,6 +139,53 @@ def parse_records(data: dict[str, Any], json_path: str | Path) -> list[ImageReco
     return records
 
 
+def find_id_problems(data: dict[str, Any], records: list[ImageRecord]) -> list[str]:
+    """Image ids that the JSON's ``images`` or ``annotations`` list more than once."""
+    problems = []
+    image_ids = Counter(image["id"] for image in data.get("images", []))
+    for image_id, count in image_ids.items():
+        if count > 1:
+            problems.append(f"image id {image_id!r} has {count} image records")
+    annotated = Counter(record.image_id for record in records)
+    for image_id, count in annotated.items():
+        if count > 1:
+            problems.append(f"image id {image_id!r} has {count} annotations")
+    return problems
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_type(record: dict[str, Any], key: str, test: Callable[[Any], bool], kind: str,
+                where: str) -> None:
+    if not test(record[key]):
+        raise ValueError(f"{where}: {key!r} must be {kind}, got {_short(record[key])}")
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def segment_id_of(record: Any) -> int | None:
+    """The ``id`` of a ``segments_info`` entry, or ``None`` when it is not an integer."""
+    value = record.get("id") if isinstance(record, dict) else None
+    return value if _is_int(value) else None
+
+
 def find_segment_problems(
     png_ids: Iterable[int], segments_info: list[dict[str, Any]], info: DatasetInfo
 ) -> tuple[list[Segment], list[str]]:
@@ -133,13 +197,14 @@ def find_segment_problems(
     segments: list[Segment] = []
     seen: dict[int, int] = {}
     for position, record in enumerate(segments_info):
-        try:
-            segment_id = int(record["id"])
-            category_id = int(record["category_id"])
-            iscrowd = bool(record.get("iscrowd", 0))
-        except (KeyError, TypeError, ValueError):
-            problems.append(f"malformed segments_info entry #{position}: {record!r}")
+        reason = _segment_record_problem(record)
+        if reason:
+            problems.append(f"malformed segments_info entry #{position}: {reason}: "
+                            f"{_short(record)}")
             continue
+        segment_id = record["id"]
+        category_id = record["category_id"]
+        iscrowd = bool(record.get("iscrowd", 0))
         seen[segment_id] = seen.get(segment_id, 0) + 1
         if seen[segment_id] > 1:
             continue
@@ -167,6 +232,20 @@ def find_segment_problems(
             f"segments_info ids {sorted(listed - present - {0})[:10]} do not appear in the PNG"
         )
     return segments, problems
+
+
+def _segment_record_problem(record: Any) -> str | None:
+    """Why a ``segments_info`` entry is malformed, or ``None``."""
+    if not isinstance(record, dict):
+        return "not a mapping"
+    for key in ("id", "category_id"):
+        if key not in record:
+            return f"no {key!r}"
+        if not _is_int(record[key]):
+            return f"{key!r} must be an integer, got {_short(record[key])}"
+    if record.get("iscrowd", 0) not in (0, 1):  # True/False compare equal to 1/0
+        return f"'iscrowd' must be 0 or 1, got {_short(record['iscrowd'])}"
+    return None
 
 
 class CocoPanopticDataset(Dataset):
@@ -211,12 +290,22 @@ class CocoPanopticDataset(Dataset):
         except ValueError as error:
             raise ValueError(f"{self.annotations_json}: {error}") from None
         self.records = parse_records(data, self.annotations_json)
+        self.id_problems = find_id_problems(data, self.records)
         self.transform = transform
         self.skip_bad = skip_bad
         self.seed = seed
         self.epoch = 0
         self.skipped: list[tuple[str, str]] = []
         self._bad: set[int] = set()
+
+    def require_unique_ids(self) -> None:
+        """Raises a ``ValueError`` listing ``id_problems``: a repeated image id pairs an
+        annotation with another image's file, so scores or labels would silently be wrong."""
+        if self.id_problems:
+            listing = "; ".join(self.id_problems[:10])
+            more = f"; ... and {len(self.id_problems) - 10} more" if len(self.id_problems) > 10 else ""
+            raise ValueError(f"{self.annotations_json}: {listing}{more} (see `cmt-deeplab data "
+                             "check`)")
 
     # -- paths ---------------------------------------------------------------------------
     def image_path(self, record: ImageRecord) -> Path:

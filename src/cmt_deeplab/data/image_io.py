@@ -11,8 +11,10 @@ Conversions (Pillow modes):
   ``0..65535 -> 0..255`` (``round(v / 257)``) rather than clipped, so a 16-bit photograph keeps
   its contrast. ``F`` (float) images are taken as ``[0, 1]`` when their maximum is at most 1,
   otherwise as ``[0, 255]``.
-- A missing file raises ``FileNotFoundError``; a truncated, corrupt or unknown file raises
-  ``ValueError``; both name the file.
+- A missing file raises ``FileNotFoundError``; a truncated, corrupt or unknown file, and one
+  whose header claims more pixels than Pillow's decompression-bomb limit
+  (``Image.MAX_IMAGE_PIXELS``, twice which Pillow refuses), raises ``ValueError``; both name
+  the file.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def load_image(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"image not found: {path}") from None
     except IsADirectoryError:
         raise ValueError(f"cannot read image {path}: it is a directory") from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         # Pillow raises OSError for truncated data, UnidentifiedImageError (an OSError) for
         # unknown formats, and SyntaxError/ValueError from a few broken-header decoders.
         raise ValueError(f"cannot read image {path}: {error}") from None
@@ -57,7 +59,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
                 orientation = 1
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from None
     # Orientations 5-8 rotate by 90 degrees, so exif_transpose swaps width and height.
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)

@@ -70,7 +70,11 @@ class DatasetInfo:
         cls, categories: list[dict[str, Any]], label_divisor: int = 256, name: str = "custom"
     ) -> DatasetInfo:
         cats = []
+        if not isinstance(categories, list):
+            raise ValueError(f"categories must be a list, got {categories!r}"[:300])
         for c in categories:
+            if not isinstance(c, dict):
+                raise ValueError(f"malformed category record {c!r}: not a mapping"[:300])
             try:
                 color = tuple(int(v) for v in c.get("color", (0, 0, 0)))
                 cats.append(Category(int(c["id"]), str(c["name"]), bool(c["isthing"]), color))

@@ -75,9 +75,12 @@ def _libspng_can_decode(data: bytes) -> bool:
         if position == len(_SIGNATURE):
             if kind != b"IHDR" or length != 13:
                 return False
+            width, height = struct.unpack_from(">II", data, position + 8)
             bit_depth, color_type = data[position + 16], data[position + 17]
             if bit_depth != 8 or color_type not in _FAST_COLOR_TYPES:
                 return False
+            if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+                return False  # a decompression bomb: Pillow refuses it by name
         elif kind == b"acTL":  # an APNG: let Pillow pick the frame it shows
             return False
         elif kind == b"IEND":
@@ -128,9 +131,9 @@ def read_panoptic_rgbx(path: str | Path) -> np.ndarray:
         return rgbx if rgbx is not None else _decode_with_pillow(data)
     except FileNotFoundError:
         raise FileNotFoundError(f"panoptic PNG not found: {path}") from None
-    except (OSError, SyntaxError, EOFError, ValueError) as error:
+    except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as error:
         # Pillow reports most damage as OSError, some (a garbled chunk after the image data)
-        # as SyntaxError or EOFError.
+        # as SyntaxError or EOFError; a header claiming too many pixels as a bomb error.
         raise ValueError(f"cannot read panoptic PNG {path}: {error}") from None
 
 

@@ -216,9 +216,8 @@ class TrainConfig:
             (run.accumulate >= 1, "run.accumulate must be >= 1", run.accumulate),
             (run.batch_size % run.accumulate == 0,
              "run.batch_size must be a multiple of run.accumulate", run.batch_size),
-            (min(run.save_every, run.eval_every, run.log_every, run.keep_last,
-                 run.num_workers) >= 0,
-             "run.save_every/eval_every/log_every/keep_last/num_workers must be >= 0", None),
+            *((getattr(run, key) >= 0, f"run.{key} must be >= 0", getattr(run, key))
+              for key in ("save_every", "eval_every", "log_every", "keep_last", "num_workers")),
             (run.amp in AMP_MODES, f"run.amp must be one of {AMP_MODES}", run.amp),
             (run.grad_clip >= 0, "run.grad_clip must be >= 0 (0: off)", run.grad_clip),
             (opt.name in OPTIMIZERS, f"optimizer.name must be one of {OPTIMIZERS}", opt.name),
@@ -311,6 +310,8 @@ def read_config_file(name_or_path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ValueError(f"config {path} is not valid YAML: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read config {path}: {error}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -361,5 +362,14 @@ def load_train_config(
         set_dotted(data, *parse_override(text))
     for key, value in (values or {}).items():
         set_dotted(data, key, value)
-    return TrainConfig.from_dict(data)
+    try:
+        return TrainConfig.from_dict(data)
+    except ValueError as error:
+        if name_or_path is None:
+            raise
+        # The bad setting may come from the file: name it (and the command line, if used).
+        source = str(resolve_config_path(name_or_path))
+        if overrides or values:
+            source += " and the command line"
+        raise ValueError(f"{error} (settings from {source})") from None
 

@@ -27,6 +27,11 @@ def open_datasets(config: TrainConfig) -> tuple[Any, Any, DatasetInfo | None]:
     train = (data.open("train", train_transform(config), seed=config.run.seed)
              if data.source("train").given else None)
     val = data.open("val") if data.source("val").given else None
+    for dataset in (train, val):
+        if dataset is not None:
+            dataset.require_unique_ids()
+            if len(dataset) == 0:
+                raise ValueError(f"{dataset.annotations_json}: the split has no annotated images")
     if train is not None and val is not None:
         ids = [[c.id for c in d.info.categories] for d in (train, val)]
         if ids[0] != ids[1]:

@@ -53,8 +53,17 @@ def evaluate_model(
 
     Returns:
         ``summarize_pq`` (``All`` / ``Things`` / ``Stuff`` with ``pq``, ``sq``, ``rq``, ``n`` in
-        [0, 1], ``per_class``) plus ``miou`` and ``num_images``.
+        [0, 1], ``per_class``) plus ``miou``, ``num_images`` (the images scored) and
+        ``skipped`` (``[{"file", "error"}]``: the bad items left out with ``skip_bad``).
+
+    Raises:
+        ValueError: the split has no images, or its JSON repeats an image id (the last entry
+            would win and predictions would be scored against another image's PNG).
     """
+    dataset.require_unique_ids()
+    if len(dataset) == 0:
+        raise ValueError(f"{dataset.annotations_json}: the split has no annotated images; "
+                         "nothing to evaluate")
     if device is None:
         device = next(model.parameters()).device
     predictor = Predictor(model, dataset.info, size=size, device=device, method=method,
@@ -63,6 +72,7 @@ def evaluate_model(
     count = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
     stats = PanopticStats.zeros(dataset.info.num_classes)
     pending: list[tuple[Any, Any, Any]] = []  # (image, gt ids, record)
+    skipped: list[dict[str, str]] = []
 
     def flush() -> None:
         results = predictor.predict_arrays([image for image, _, _ in pending])
@@ -81,6 +91,7 @@ def evaluate_model(
             if not dataset.skip_bad:
                 raise
             warnings.warn(f"evaluation skips a bad item: {error}", stacklevel=2)
+            skipped.append({"file": str(getattr(error, "path", "")), "error": str(error)})
             continue
         pending.append((image, gt_ids, dataset.records[index]))
         if len(pending) == batch_size:
@@ -90,4 +101,5 @@ def evaluate_model(
     result = summarize_pq(stats, dataset.info)
     result["miou"] = semantic_miou(stats.confusion)[0]
     result["num_images"] = stats.num_images
+    result["skipped"] = skipped
     return result

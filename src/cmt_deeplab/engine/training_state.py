@@ -7,17 +7,23 @@
         config.yaml         as a model directory's, so any step loads like one
         state.safetensors   every tensor of the state (optimizer moments, RNG states)
         state.json          everything else (step, epoch, sampler position, scheduler, ...),
-                            with the tensors named (``engine.state_codec``)
+                            with the tensors named (``engine.state_codec``) and the SHA-256
+                            of state.safetensors (config.yaml holds model.safetensors')
         COMPLETE            written last
 
 Each file is written atomically into a temporary sibling directory, which becomes
 ``step_XXXXXXX`` by one ``os.rename`` after ``COMPLETE`` is in place: a killed run leaves
 either a complete step directory or a ``.tmp-*`` directory that ``latest_checkpoint`` ignores
-(and ``save_training_state`` removes). Nothing here unpickles anything.
+(and ``save_training_state`` removes). Pruning old states works the other way round: a step
+directory is first renamed to a ``.tmp-*`` name, which makes it invisible at once, and only
+then deleted, so a kill while pruning never leaves a listed state with missing files.
+Loading checks both weights files against their recorded digests. Nothing here unpickles
+anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -32,8 +38,11 @@ from torch import nn
 
 from cmt_deeplab.engine.state_codec import decode_state, encode_state
 from cmt_deeplab.model_dir import (
+    CONFIG_FILE,
+    DIGEST_KEY,
     MODEL_FILE,
     load_state_dict_checked,
+    read_model_config,
     read_safetensors,
     save_model_dir,
 )
@@ -46,6 +55,8 @@ from cmt_deeplab.utils.io import (
 
 STATE_TENSORS_FILE = "state.safetensors"
 STATE_JSON_FILE = "state.json"
+#: The ``state.json`` key holding the SHA-256 (hex) of ``state.safetensors``.
+STATE_DIGEST_KEY = "tensors_sha256"
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINTS_DIR = "checkpoints"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -111,7 +122,9 @@ def save_training_state(
         "state": encode_state(dict(state), tensors, "state"),
     }
     save_model_dir(temporary, model, config)
-    atomic_write_bytes(temporary / STATE_TENSORS_FILE, save_safetensors(tensors))
+    tensor_bytes = save_safetensors(tensors)
+    skeleton[STATE_DIGEST_KEY] = hashlib.sha256(tensor_bytes).hexdigest()
+    atomic_write_bytes(temporary / STATE_TENSORS_FILE, tensor_bytes)
     atomic_write_text(temporary / STATE_JSON_FILE, json.dumps(skeleton))
     atomic_write_text(temporary / COMPLETE_MARKER, f"{step}\n")
     if final.exists():  # the same step saved again (e.g. a re-run): swap it out
@@ -124,8 +137,23 @@ def save_training_state(
     fsync_directory(root)
     if keep_last > 0:
         for _, old_dir in list_checkpoints(out_dir)[:-keep_last]:
-            shutil.rmtree(old_dir, ignore_errors=True)
+            remove_training_state(old_dir)
     return final
+
+
+def remove_training_state(directory: str | Path) -> None:
+    """Deletes a step directory so that no moment of it is listed with missing files.
+
+    One ``os.rename`` to a ``.tmp-*`` name takes it out of ``list_checkpoints`` before any
+    file goes; a kill after that leaves a temporary directory the next save removes.
+    """
+    directory = Path(directory)
+    doomed = directory.parent / f".tmp-pruned-{directory.name}-{os.getpid()}"
+    if doomed.exists():
+        shutil.rmtree(doomed, ignore_errors=True)
+    os.rename(directory, doomed)
+    fsync_directory(directory.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def load_training_state(
@@ -144,9 +172,12 @@ def load_training_state(
     directory = Path(checkpoint_dir)
     if not (directory / COMPLETE_MARKER).is_file():
         raise ValueError(f"training state {directory} is incomplete (no {COMPLETE_MARKER} file)")
-    weights = read_safetensors(directory / MODEL_FILE)
-    tensors = read_safetensors(directory / STATE_TENSORS_FILE)
+    config = read_model_config(directory / CONFIG_FILE)
+    weights = read_safetensors(directory / MODEL_FILE, config.get(DIGEST_KEY))
     skeleton = read_json(directory / STATE_JSON_FILE, "training state file", "corrupt")
+    if not isinstance(skeleton, dict):
+        raise ValueError(f"corrupt training state {directory / STATE_JSON_FILE}: not a mapping")
+    tensors = read_safetensors(directory / STATE_TENSORS_FILE, skeleton.get(STATE_DIGEST_KEY))
     try:
         optimizer_state = decode_state(skeleton["optimizer"], tensors)
         state = decode_state(skeleton["state"], tensors)

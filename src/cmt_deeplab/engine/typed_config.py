@@ -2,7 +2,7 @@
 
 ``build_dataclass(TrainConfig, mapping)`` builds nested dataclasses from what YAML gave,
 following their type hints: an unknown key is an error that lists the known ones, a value of
-the wrong type is an error naming its dotted key. YAML's quirks are handled here once
+the wrong type is an error naming its dotted key. Float settings must be finite (no ``.nan`` / ``.inf``). YAML's quirks are handled here once
 (``fix_yaml_number``): YAML 1.1 reads an exponent without a dot (``3e-4``, ``1e4``) as a
 string, and a whole number written as ``1e4`` as a float.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -109,4 +110,8 @@ def _coerce_scalar(value: Any, hint: type, key: str) -> Any:
     }[hint]
     if not fits:
         raise ValueError(f"config key {key!r} must be {_SCALARS[hint]}, got {value!r}")
+    if hint is float and not math.isfinite(value):
+        # YAML's .nan / .inf: a NaN weight silently switches a loss off, an infinite one
+        # surfaces steps later as a non-finite loss that names no setting.
+        raise ValueError(f"config key {key!r} must be a finite number, got {value!r}")
     return float(value) if hint is float else value

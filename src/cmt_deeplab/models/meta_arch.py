@@ -79,7 +79,10 @@ class SlotTable(nn.Module):
 
     def forward(self, batch_size: int) -> torch.Tensor:
         """``-> [B, N, C]``."""
-        return self.weight[: self.num_slots].unsqueeze(0).expand(batch_size, -1, -1)
+        # Without autograd, a view of the Parameter would claim requires_grad with no grad_fn,
+        # which hooks on module outputs (FlopCounterMode's module tracker) cannot attach to.
+        weight = self.weight if torch.is_grad_enabled() else self.weight.detach()
+        return weight[: self.num_slots].unsqueeze(0).expand(batch_size, -1, -1)
 
 
 def count_parameters(model: nn.Module, paper: bool = False) -> int:

@@ -29,7 +29,7 @@ def count_macs(
     _freeze(model)
     images = torch.empty(batch_size, 3, height, width, device="meta")
     counter = FlopCounterMode(display=False)
-    with counter:
+    with torch.no_grad(), counter:
         model(images)
     return counter.get_total_flops() // 2
 
@@ -43,13 +43,11 @@ def count_macs_by_module(
     _freeze(model)
     images = torch.empty(1, 3, height, width, device="meta")
     counter = FlopCounterMode(display=False, depth=depth)
-    with counter:
+    with torch.no_grad(), counter:
         model(images)
     return {name: sum(v.values()) // 2 for name, v in counter.get_flop_counts().items()}
 
 
 def _freeze(model: nn.Module) -> None:
-    # Eval mode and no autograd; FlopCounterMode's module tracker trips over no_grad views.
+    # Eval mode, counted under no_grad as users count (no autograd graph on the meta device).
     model.eval()
-    for param in model.parameters():
-        param.requires_grad_(False)

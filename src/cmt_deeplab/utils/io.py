@@ -112,3 +112,20 @@ def fsync_directory(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def check_output_dir(path: str | Path, what: str) -> Path:
+    """``path`` as an output directory: it and its parents must be directories if they exist.
+
+    Raises ``ValueError`` naming ``what`` (e.g. the flag) and the path before anything is
+    written, rather than an OS error half-way through a run.
+    """
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            break
+        if candidate.exists() or candidate.is_symlink():
+            if candidate == path:
+                raise ValueError(f"{what} {path} exists and is not a directory")
+            raise ValueError(f"{what} {path} cannot be created: {candidate} is not a directory")
+    return path
