@@ -141,3 +141,42 @@ def _(ws: Workspace) -> Expect:
     return Expect(["train", "--config", CONFIG, "--data", str(root), "--train-split", "val",
                    "--out", str(ws.out), "--steps", "1", "--device", "cpu", "--no-progress"],
                   names=["panoptic_val.json", "image id 1 has 2 image records"])
+
+
+def _tiny_run(ws: Workspace, *extra: str) -> list[str]:
+    return ["train", "--config", CONFIG, "--data", str(ws.data), "--train-split", "val",
+            "--out", str(ws.out / "run"), "--crop", "24", "--batch-size", "1", "--eval-every",
+            "0", "--device", "cpu", "--num-workers", "0", "--no-progress", *extra]
+
+
+def _damaged_resume(damage: Callable, file_name: str, names: list[str]):
+    """Trains one step (a training state), damages the state, then resumes: refused."""
+
+    def case(ws: Workspace) -> Expect:
+        from _fuzz import run_in_process
+        from cmt_deeplab.engine.training_state import latest_checkpoint
+
+        code, output = run_in_process(_tiny_run(ws, "--steps", "1"))
+        assert code == 0, output
+        state = latest_checkpoint(ws.out / "run")
+        damage(state / file_name)
+        return Expect(_tiny_run(ws, "--steps", "2", "--resume"),
+                      names=[str(state / file_name), *names])
+
+    return case
+
+
+def _flip_last_bytes(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-8:] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+
+
+for _name, _damage, _file, _names in [
+    ("state-json-corrupt", lambda p: p.write_text("{"), "state.json", ["corrupt"]),
+    ("state-tensors-overwritten", _flip_last_bytes, "state.safetensors", ["SHA-256"]),
+    ("weights-overwritten", _flip_last_bytes, "model.safetensors", ["SHA-256"]),
+    ("config-without-data", lambda p: p.write_text("model: {name: cmt-deeplab-tiny}\n"),
+     "config.yaml", ["'data'"]),
+]:
+    fuzz_case(f"train-resume-{_name}", slow=True)(_damaged_resume(_damage, _file, _names))

@@ -365,7 +365,7 @@ def load_train_config(
     try:
         return TrainConfig.from_dict(data)
     except ValueError as error:
-        if name_or_path is None:
+        if name_or_path is None or isinstance(name_or_path, Mapping):
             raise
         # The bad setting may come from the file: name it (and the command line, if used).
         source = str(resolve_config_path(name_or_path))
