@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark scripts: load check, GEMM roof, timing, MAC counting."""
+"""Shared helpers of the benchmark scripts: load check, GEMM roof, timing, MAC counting, a
+fresh training run scored on its val split."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -91,3 +94,29 @@ def count_forward_macs(fn: Callable[[], object]) -> int:
 def _sync(device: str) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def train_and_score(config: Any, out: Path, progress: bool = False) -> tuple[Any, dict, float]:
+    """A fresh run of ``config`` in ``out`` (an earlier one there is removed), then PQ of the
+    final model on every image of the config's val split.
+
+    Returns:
+        ``(trainer, evaluate_model's result, training seconds)``.
+    """
+    import shutil
+
+    from cmt_deeplab.engine.evaluate import evaluate_model
+    from cmt_deeplab.engine.trainer import Trainer
+
+    if out.exists():
+        shutil.rmtree(out)
+    trainer = Trainer(config, out, progress=progress)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    ev = config.evaluation
+    result = evaluate_model(trainer.model, config.data.open("val"), config.eval_size,
+                            trainer.device, ev.method, 0, ev.batch_size,
+                            class_threshold=ev.class_threshold,
+                            pixel_threshold=ev.pixel_threshold)
+    return trainer, result, seconds

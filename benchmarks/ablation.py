@@ -32,11 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import train_and_score  # noqa: E402
 from train_cpu import PRESETS, _data  # noqa: E402
 
 from cmt_deeplab.engine.config import load_train_config  # noqa: E402
-from cmt_deeplab.engine.evaluate import evaluate_model  # noqa: E402
-from cmt_deeplab.engine.trainer import Trainer  # noqa: E402
 from cmt_deeplab.utils.io import atomic_write_json  # noqa: E402
 
 _ALL_OFF = {"use_clustering_update": False, "use_pixel_update": False,
@@ -60,16 +59,8 @@ def run_one(data_root: Path, out: Path, overrides: dict, seed: int, steps: int |
     if steps is not None:
         values["run.steps"] = steps
     config = load_train_config(PRESETS["tiny"]["config"], values=values)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
     start = time.perf_counter()
-    trainer = Trainer(config, out, progress=progress)
-    trainer.train()
-    ev = config.evaluation
-    result = evaluate_model(trainer.model, config.data.open("val"), config.eval_size,
-                            trainer.device, ev.method, 0, ev.batch_size)
+    _, result, _ = train_and_score(config, out, progress)
     return {"pq": 100 * result["All"]["pq"], "pq_things": 100 * result["Things"]["pq"],
             "pq_stuff": 100 * result["Stuff"]["pq"], "seconds": time.perf_counter() - start,
             "threads": torch.get_num_threads()}

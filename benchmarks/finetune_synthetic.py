@@ -25,10 +25,10 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+from _common import train_and_score
+
 from cmt_deeplab.data.synthetic import generate_synthetic_dataset
 from cmt_deeplab.engine.config import load_train_config
-from cmt_deeplab.engine.evaluate import evaluate_model
-from cmt_deeplab.engine.trainer import Trainer
 from cmt_deeplab.utils.io import atomic_write_json
 
 FINETUNE_CLASSES = ["hexagon", "cross", "ring", "star", "dots", "waves", "checker"]
@@ -56,18 +56,8 @@ def run_one(work: Path, source: Path, fraction: Fraction, seed: int, start: str)
         values.update({"init.checkpoint": str(source), "init.backbone_only": start == "backbone"})
     config = load_train_config("synthetic_cmt_deeplab_tiny", values=values)
     out = work / "runs" / f"{fraction.numerator}_{fraction.denominator}_{start}_s{seed}"
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
     began = time.perf_counter()
-    trainer = Trainer(config, out, progress=False)
-    trainer.train()
-    ev = config.evaluation
-    result = evaluate_model(trainer.model, config.data.open("val"), config.eval_size,
-                            trainer.device, ev.method, 0, ev.batch_size,
-                            class_threshold=ev.class_threshold,
-                            pixel_threshold=ev.pixel_threshold)
+    _, result, _ = train_and_score(config, out)
     return {"fraction": str(fraction), "seed": seed, "start": start, "steps": steps,
             "images": steps * BATCH, "pq": round(100 * result["All"]["pq"], 2),
             "pq_things": round(100 * result["Things"]["pq"], 2),
