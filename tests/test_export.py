@@ -18,10 +18,9 @@ import cmt_deeplab
 from _export_helpers import (
     EXPORT_SIZE,
     INFO,
-    MAX_LOGIT_DIFF,
     MIN_PIXEL_AGREEMENT,
+    assert_logits_close,
     confident_model,
-    logit_diffs,
     require_onnxruntime,
     smooth_images,
 )
@@ -63,9 +62,7 @@ def test_onnxruntime_matches_eager_at_any_batch(cmt_onnx) -> None:
         outputs = runner(batch)
         assert set(outputs) == set(NETWORK_OUTPUTS)
         count = batch.shape[0]
-        class_diff, mask_diff = logit_diffs(
-            outputs, {k: v[:count] for k, v in reference.items() if k in NETWORK_OUTPUTS})
-        assert class_diff < MAX_LOGIT_DIFF and mask_diff < MAX_LOGIT_DIFF, (class_diff, mask_diff)
+        assert_logits_close(outputs, {k: v[:count] for k, v in reference.items()})
     # The panoptic maps of the two: the share of pixels with the same label.
     segments = 0
     for index in range(images.shape[0]):
@@ -128,8 +125,7 @@ def test_torch_export_program_matches_eager(tmp_path: Path) -> None:
     images = smooth_images(1, SIZE, SIZE)
     with torch.no_grad():
         reference = model(images)
-    class_diff, mask_diff = logit_diffs(runner(images), reference)
-    assert class_diff < MAX_LOGIT_DIFF and mask_diff < MAX_LOGIT_DIFF
+    assert_logits_close(runner(images), reference)
 
 
 def test_export_errors_name_the_problem(tmp_path: Path) -> None:
@@ -155,17 +151,17 @@ def test_every_registered_model_exports_with_parity(name: str, tmp_path: Path) -
     outputs = load_exported(out)(images)
     with torch.no_grad():
         reference = model(images)
-    class_diff, mask_diff = logit_diffs(outputs, reference)
-    assert class_diff < MAX_LOGIT_DIFF and mask_diff < MAX_LOGIT_DIFF, (class_diff, mask_diff)
+    assert_logits_close(outputs, reference)
     maps = [pixelwise_panoptic(o["pred_logits"][0], o["pred_masks"][0], INFO, (SIZE, SIZE))
             .panoptic for o in (outputs, reference)]
     assert (maps[0] == maps[1]).mean() >= MIN_PIXEL_AGREEMENT
 
 
 @pytest.mark.slow
-def test_dynamic_size_graph_runs_every_32k_plus_1_size(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["cmt-deeplab-tiny", "max-deeplab-tiny"])
+def test_dynamic_size_graph_runs_every_32k_plus_1_size(name: str, tmp_path: Path) -> None:
     require_onnxruntime()
-    model = confident_model("cmt-deeplab-tiny")
+    model = confident_model(name)
     out = tmp_path / "dynamic.onnx"
     export_model(model, out, size=(97, 65), dynamic_batch=True, dynamic_size=True, info=INFO)
     runner = load_exported(out)
@@ -173,7 +169,6 @@ def test_dynamic_size_graph_runs_every_32k_plus_1_size(tmp_path: Path) -> None:
         images = smooth_images(*shape[:1], *shape[2:])
         with torch.no_grad():
             reference = model(images)
-        class_diff, mask_diff = logit_diffs(runner(images), reference)
-        assert class_diff < MAX_LOGIT_DIFF and mask_diff < MAX_LOGIT_DIFF, shape
+        assert_logits_close(runner(images), reference)
     with pytest.raises(ValueError, match="32k\\+1"):
         runner(torch.zeros(1, 3, 66, 65))
