@@ -395,3 +395,55 @@ for _name, (_make, _names) in OTHER.items():
     fuzz_case(_name)(_other_case(_make, _names))
 
 
+
+
+# -- export -----------------------------------------------------------------------------------
+def _export(ws: Workspace, checkpoint: Path, out: Path, *extra: str) -> list[str]:
+    return ["export", "--checkpoint", str(checkpoint), "--format", "torch-export", "--out",
+            str(out), *extra]
+
+
+def _export_checkpoint_case(name: str) -> Callable[[Workspace], Expect]:
+    damage, file_name, names = CHECKPOINTS[name]
+
+    def case(ws: Workspace) -> Expect:
+        directory = ws.copy_checkpoint()
+        damage(directory)
+        return Expect(_export(ws, directory, ws.out / "model.pt2"),
+                      names=[str(directory / file_name), *names], code=2)
+
+    return case
+
+
+for _name in ("config-no-data", "weights-tensor-bytes-overwritten", "config-num-classes-1e9",
+              "weights-other-shapes"):
+    fuzz_case(f"export-checkpoint-{_name}")(_export_checkpoint_case(_name))
+
+
+@fuzz_case("export-out-is-a-directory")
+def _(ws: Workspace) -> Expect:
+    return Expect(_export(ws, ws.checkpoint, ws.out), names=["--out", str(ws.out)])
+
+
+@fuzz_case("export-out-folder-is-a-file")
+def _(ws: Workspace) -> Expect:
+    (ws.tmp / "taken").write_text("a file")
+    return Expect(_export(ws, ws.checkpoint, ws.tmp / "taken" / "model.pt2"),
+                  names=["--out", "taken"])
+
+
+@fuzz_case("export-size-bad")
+def _(ws: Workspace) -> Expect:
+    return Expect(_export(ws, ws.checkpoint, ws.out / "m.pt2", "--size", "1x1"),
+                  names=["--size", "1x1"])
+
+
+@fuzz_case("export-format-unknown")
+def _(ws: Workspace) -> Expect:
+    return Expect(["export", "--checkpoint", str(ws.checkpoint), "--format", "tflite", "--out",
+                   str(ws.out / "m.tflite")], names=["--format", "tflite"])
+
+
+@fuzz_case("export-checkpoint-missing")
+def _(ws: Workspace) -> Expect:
+    return Expect(_export(ws, ws.tmp / "no_model", ws.out / "m.pt2"), names=["no_model"])

@@ -150,7 +150,13 @@ def test_bad_sources_are_named(tmp_path):
     with pytest.raises(ValueError, match="empty is neither a model directory"):
         load_pretrained(model, tmp_path / "empty")
     directory = _model_dir(tmp_path, model)
-    (directory / "model.safetensors").write_bytes(b"\0" * 64)
+    weights = directory / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = b"\x00\x00\xc0\x7f"  # a NaN: still a valid safetensors file
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="weights file .*model.safetensors: its SHA-256 is"):
+        load_pretrained(model, directory)
+    weights.write_bytes(b"\0" * 64)
     with pytest.raises(ValueError, match="corrupt or truncated weights file .*model.safetensors"):
         load_pretrained(model, directory)
 

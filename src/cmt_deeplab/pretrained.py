@@ -40,7 +40,14 @@ import torch
 from torch import nn
 
 from cmt_deeplab.convert.archives import ARCHIVES
-from cmt_deeplab.model_dir import MODEL_FILE, read_safetensors, unwrap_model
+from cmt_deeplab.model_dir import (
+    CONFIG_FILE,
+    DIGEST_KEY,
+    MODEL_FILE,
+    read_model_config,
+    read_safetensors,
+    unwrap_model,
+)
 from cmt_deeplab.models.registry import build_model as build_registered_model
 from cmt_deeplab.models.registry import model_spec
 
@@ -182,7 +189,9 @@ def read_pretrained_state(
     if path.is_file() and path.suffix == ".safetensors":
         return read_safetensors(path), str(path)
     if path.is_dir() and (path / MODEL_FILE).is_file():
-        state = read_safetensors(path / MODEL_FILE)
+        # The weights digest its config.yaml recorded at save time (older directories: none).
+        config = read_model_config(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else {}
+        state = read_safetensors(path / MODEL_FILE, config.get(DIGEST_KEY))
         return _without_unconverted(state, path / CONVERSION_FILE), str(path)
     if text in ARCHIVES or _is_tf_checkpoint(path):
         return _converted_state(text, model, backbone_only), text

@@ -16,6 +16,7 @@ from pathlib import Path
 from cmt_deeplab.cli.main import UserError
 from cmt_deeplab.export.exporter import FORMATS, export_model
 from cmt_deeplab.export.sidecar import sidecar_path
+from cmt_deeplab.utils.io import check_output_dir
 from cmt_deeplab.utils.size import parse_size
 
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a file name (e.g. model.onnx)")
+    check_output_dir(out.parent, f"--out {out}: its folder")  # before minutes of exporting
     size = parse_size(args.size, "--size") if args.size else None
     if args.format == "onnx":
         _require_onnx()
