@@ -172,3 +172,24 @@ def test_dynamic_size_graph_runs_every_32k_plus_1_size(name: str, tmp_path: Path
         assert_logits_close(runner(images), reference)
     with pytest.raises(ValueError, match="32k\\+1"):
         runner(torch.zeros(1, 3, 66, 65))
+
+
+@pytest.mark.slow
+def test_dynamic_post_processing_graph_matches_pixelwise_panoptic(tmp_path: Path) -> None:
+    """Area limits and upsampling follow the input size inside a dynamic graph."""
+    require_onnxruntime()
+    model = confident_model("max-deeplab-tiny", seed=1)
+    out = tmp_path / "dynamic_panoptic.onnx"
+    export_model(model, out, size=(97, 65), dynamic_batch=True, dynamic_size=True,
+                 post_processing=True, info=INFO)
+    runner = load_exported(out)
+    for shape in [(2, 65, 65), (1, 97, 65), (1, 65, 129)]:
+        images = smooth_images(*shape, seed=2)
+        panoptic = runner(images)["panoptic"].numpy()
+        with torch.no_grad():
+            reference = model(images)
+        for index in range(shape[0]):
+            expected = pixelwise_panoptic(reference["pred_logits"][index],
+                                          reference["pred_masks"][index], INFO, shape[1:])
+            assert len(expected.segments_info) >= 2
+            assert (panoptic[index] == expected.panoptic).mean() >= MIN_PIXEL_AGREEMENT
