@@ -1,4 +1,5 @@
-"""A self-contained HTML report: inline CSS, SVG charts and base64 images, nothing fetched."""
+"""A self-contained HTML report: inline CSS and base64 images (charts: ``demo.charts``),
+nothing fetched."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #ddd; }
 .note { color: #666; font-size: 0.88em; }
 .good { color: #0a7d2c; font-weight: bold; } .bad { color: #b3261e; font-weight: bold; }
-svg text { font-size: 11px; fill: #333; }
+img.chart { border: none; display: block; margin: 0.4em 0; }
 """
 
 # Records, for a test or a person, how many embedded images the browser decoded.
@@ -54,51 +55,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def line_chart(
-    series: dict[str, Sequence[tuple[float, float]]],
-    title: str,
-    xlabel: str = "step",
-    width: int = 520,
-    height: int = 260,
-) -> str:
-    """An SVG line chart of one or more ``(x, y)`` series."""
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
-    points = [p for values in series.values() for p in values]
-    if not points:
-        return f"<p class='note'>{escape(title)}: no data.</p>"
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-    left, right, top, bottom = 50, 10, 24, 34
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * (width - left - right)
-    def sy(y: float) -> float:
-        return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'role="img" aria-label="{escape(title)}">',
-             f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<text x="{left}" y="15" font-weight="bold">{escape(title)}</text>']
-    for i in range(5):
-        y = y0 + (y1 - y0) * i / 4
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>')
-        parts.append(f'<text x="{left - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.3g}</text>')
-    for i in range(5):
-        x = x0 + (x1 - x0) * i / 4
-        parts.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 14}" text-anchor="middle">{x:.0f}</text>')
-    parts.append(f'<text x="{(left + width) / 2:.0f}" y="{height - 4}" text-anchor="middle">{escape(xlabel)}</text>')
-    for index, (name, values) in enumerate(series.items()):
-        colour = colours[index % len(colours)]
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in values)
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{coords}"/>')
-        if len(values) == 1:
-            x, y = values[0]
-            parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"/>')
-        parts.append(f'<text x="{width - right - 4}" y="{top + 14 * (index + 1)}" text-anchor="end" '
-                     f'fill="{colour}">{escape(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 def page(title: str, body: str) -> str:

@@ -108,6 +108,7 @@ def train(root: Path, run_dir: Path, settings: DemoSettings, seed: int, progress
     # Resume only what an interrupted demo left: a first run is a fresh start, not a resume.
     trainer = Trainer(config, run_dir, resume=latest_checkpoint(run_dir) is not None,
                       progress=progress)
+    trainer.resume_hint = "run the demo again to go on"
     summary = trainer.train()
     summary = {key: summary[key] for key in ("steps", "planned_steps", "seconds",
                                              "seconds_per_step", "pq")}

@@ -9,7 +9,8 @@ from typing import Any
 from PIL import Image
 
 from cmt_deeplab.cost.paper import PAPER_TABLE2
-from cmt_deeplab.demo.html import escape, image_tag, line_chart, page, table
+from cmt_deeplab.demo.charts import line_chart
+from cmt_deeplab.demo.html import escape, image_tag, page, table
 from cmt_deeplab.utils.io import atomic_write_text
 
 
@@ -58,14 +59,26 @@ def _curves_section(run_dir: Path) -> str:
     if losses:
         total = {k: v for k, v in losses.items() if k in ("loss",)}
         terms = {k: v for k, v in losses.items() if k != "loss"}
-        charts.append(line_chart(total or losses, "training loss"))
+        charts.append(line_chart(total or losses, "training loss", ylabel="loss"))
         if terms:
-            charts.append(line_chart(terms, "loss terms (final output)"))
+            charts.append(line_chart(terms, "loss terms (final output)", ylabel="loss",
+                                     log_y=_spread(terms) > 30))
+    lrs = {tag.split("/", 1)[-1]: values for tag, values in scalars.items()
+           if tag.startswith("lr/")}
+    if lrs:
+        charts.append(line_chart(lrs, "learning rate (warm-up, then poly decay)",
+                                 ylabel="lr"))
     pq = {tag.split("/", 1)[-1]: values for tag, values in scalars.items()
           if tag in ("eval/pq", "eval/pq_things", "eval/pq_stuff")}
     if pq:
-        charts.append(line_chart(pq, "PQ on held-out images"))
+        charts.append(line_chart(pq, "PQ on held-out images", ylabel="PQ (%)"))
     return "<h2>Training curves</h2>" + ("".join(charts) or "<p class='note'>No logged scalars.</p>")
+
+
+def _spread(series: dict[str, list[tuple[float, float]]]) -> float:
+    """Largest over smallest positive value of all series (a log axis above ~30)."""
+    values = [y for points in series.values() for _, y in points if y > 0]
+    return max(values) / min(values) if values else 1.0
 
 
 def _predictions_section(out: Path, predictions: list[dict[str, Any]]) -> str:
@@ -107,16 +120,18 @@ def _cost_section(costs: list[dict[str, Any]]) -> str:
         memory = row.get("train_mem_bytes")
         rows.append((
             row["model"], f"{row['height']}x{row['width']}", f"{row['params_paper'] / 1e6:.1f}M",
+            f"{row['params'] / 1e6:.1f}M",
             paper.get("params", "-"), f"{row['gmacs']:.1f}", paper.get("gflops", "-"),
             f"{row['fps']:.1f}" if timed else "-", paper.get("fps", "-"),
             f"{memory / 2**20:.0f} MiB ({row.get('train_mem_kind')})" if memory else "-",
             paper.get("memory", "-"),
         ))
     return ("<h2>Cost (the paper's Table 2)</h2><p class='note'>Ours: parameters without the "
-            "auxiliary semantic head; GMACs by torch's FlopCounterMode / 2 at the size shown "
+            "training-only auxiliary semantic head (the paper's convention), and with it; GMACs by torch's FlopCounterMode / 2 at the size shown "
             "(paper: 1200x800). Paper FPS on a V100, memory on a TPUv4; ours on this machine's CPU.</p>"
-            + table(["model", "size", "params", "paper", "GMACs", "paper GFLOPs", "FPS", "paper FPS",
-                     "train mem / image", "paper mem"], rows))
+            + table(["model", "size", "params", "params + aux head", "paper params", "GMACs",
+                     "paper GMACs ('GFLOPs')", "FPS", "paper FPS", "train mem / image",
+                     "paper mem"], rows))
 
 
 def write_report(out: Path, context: dict[str, Any]) -> Path:

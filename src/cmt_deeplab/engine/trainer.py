@@ -159,6 +159,8 @@ class Trainer:
         self.total_steps = run.steps  # shortened by run.fit_time_limit as the run goes
         self.eval_history: list[dict[str, Any]] = []
         self.log = TrainLog(self.out_dir if self.dist.is_main else None)
+        #: How the user continues a run stopped by its time limit (the demo says its own).
+        self.resume_hint = "rerun with --resume to go on"
 
     def _pretrained_start(self, model: nn.Module) -> PretrainedReport | None:
         """Loads ``init.checkpoint`` into ``model`` on a fresh run and records the report in
@@ -322,7 +324,7 @@ class Trainer:
                     self.save_state()
                 if budget.is_up():
                     tqdm.write(f"time limit of {run.time_limit_s:.0f}s reached at step "
-                               f"{self.step}/{run.steps}; saving (rerun with --resume to go on)")
+                               f"{self.step}/{run.steps}; saving ({self.resume_hint})")
                     break
         finally:
             bar.close()

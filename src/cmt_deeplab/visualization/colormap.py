@@ -1,4 +1,5 @@
-"""A jet-like colour map and heat-map blending with numpy and Pillow (no matplotlib)."""
+"""A jet-like colour map and heat-map blending with numpy and Pillow (the figures around
+them are drawn with matplotlib: ``maps.render_grid``)."""
 
 from __future__ import annotations
 

@@ -12,13 +12,14 @@ map's maximum.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from cmt_deeplab.visualization.colormap import heatmap_overlay, to_cam_scale
+from cmt_deeplab.visualization.colormap import heatmap_overlay, jet, to_cam_scale
 
 MAP_KINDS = ("clustering", "attention")
 
@@ -137,7 +138,13 @@ def density_table(maps: ClusterMaps) -> list[dict]:
 def render_grid(
     maps: ClusterMaps, kind: str, cell: int = 160, title: str | None = None
 ) -> Image.Image:
-    """One row per slot, one column per layer (the paper's Figs. 2-5), image in column 0."""
+    """One row per slot, one column per layer (the paper's Figs. 2-5), image in column 0,
+    drawn with matplotlib: each row named by its slot and class at a readable size, and a
+    colour bar for the heat-map scale."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
+    from matplotlib.figure import Figure
+
     layers = [(i, m) for i, m in enumerate(maps.maps.get(kind, [])) if m is not None]
     if not layers:
         raise ValueError(f"no {kind!r} maps to render")
@@ -145,21 +152,30 @@ def render_grid(
     scale = cell / max(image.shape[:2])
     size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
     thumb = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    label_h, margin = 14, 4
-    top = label_h + (label_h if title else 0)
-    width = (len(layers) + 1) * (size[0] + margin) + margin
-    height = top + len(maps.slots) * (size[1] + label_h + margin) + margin
-    grid = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    if title:
-        draw.text((margin, 1), title, fill=(0, 0, 0))
-    for col, (index, _) in enumerate(layers, start=1):
-        draw.text((margin + col * (size[0] + margin), top - label_h + 1), f"layer {index + 1}", fill=(0, 0, 0))
+    rows, cols = len(maps.slots), len(layers) + 1
+    dpi = 100
+    figure = Figure(figsize=(cols * (size[0] + 12) / dpi + 1.2,
+                             rows * (size[1] + 30) / dpi + (0.5 if title else 0.25)),
+                    dpi=dpi, layout="constrained")
+    grid = figure.subplots(rows, cols, squeeze=False)
     for row, label in enumerate(maps.slot_labels):
-        y = top + row * (size[1] + label_h + margin)
-        draw.text((margin, y), label, fill=(0, 0, 0))
-        grid.paste(Image.fromarray(thumb), (margin, y + label_h))
-        for col, (_, layer) in enumerate(layers, start=1):
-            tile = heatmap_overlay(thumb, to_cam_scale(layer[row]))
-            grid.paste(tile, (margin + col * (size[0] + margin), y + label_h))
-    return grid
+        grid[row, 0].imshow(thumb)
+        grid[row, 0].set_title(label, loc="left", fontsize=10)
+        for col, (index, layer) in enumerate(layers, start=1):
+            grid[row, col].imshow(heatmap_overlay(thumb, to_cam_scale(layer[row])))
+            if row == 0:
+                grid[row, col].set_title(f"layer {index + 1}", fontsize=10)
+    for axes in grid.flat:
+        axes.set_xticks([])
+        axes.set_yticks([])
+    colours = ListedColormap(jet(np.arange(256, dtype=np.uint8)) / 255.0)
+    bar = figure.colorbar(ScalarMappable(Normalize(0.0, 1.0), colours), ax=grid[:, 1:],
+                          shrink=min(1.0, 3.0 / rows) if rows > 3 else 0.9, aspect=25)
+    bar.set_label("share of the map's range (min-max per map)", fontsize=9)
+    if title:
+        figure.suptitle(title, x=0.01, ha="left", fontsize=11, fontweight="bold")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", facecolor="white")
+    buffer.seek(0)
+    with Image.open(buffer) as rendered:
+        return rendered.convert("RGB")
