@@ -45,7 +45,10 @@ def test_a_model_name_brings_its_recipe_and_the_user_keeps_the_data(data_root):
     assert max_s.to_dict() | {"data": None} == load_train_config("coco_max_deeplab_s").to_dict() \
         | {"data": None}
     assert max_s.init.checkpoint == "max_deeplab_s_backbone_imagenet1k"  # the paper's start
-    assert _config("--model", "max-deeplab-l").init.checkpoint is None  # MaX-S's is not L's
+    # MaX-S's ImageNet backbone does not fit MaX-L: its own does.
+    assert _config("--model", "max-deeplab-l").init.checkpoint == \
+        "max_deeplab_l_backbone_imagenet1k"
+    assert _config("--model", "max-deeplab-tiny").init.checkpoint is None
     baseline = _config("--model", "max-deeplab-tiny")
     assert baseline.model.name == "max-deeplab-tiny" and baseline.input.crop == [96, 96]
     assert _config().model.name == "cmt-deeplab-s"

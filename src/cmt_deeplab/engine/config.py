@@ -272,16 +272,27 @@ MODEL_RECIPES = {
 }
 
 
+#: deeplab2's ImageNet backbones of the models whose recipe is borrowed.
+_OWN_BACKBONES = {
+    "max-deeplab-l": "max_deeplab_l_backbone_imagenet1k",
+    "cmt-deeplab-r50": "resnet50_imagenet1k",
+}
+
+
 def model_recipe(model: str) -> tuple[str | None, dict[str, Any]]:
     """``(shipped config name, its settings)`` of ``model``'s default recipe, with the model
     set to ``model`` and without the config's data section (the data is the user's) nor, for
-    a recipe borrowed from another model of the family, its pretrained start;
+    a recipe borrowed from another model of the family, that model's pretrained start;
     ``(None, {...})`` with the built-in defaults for a model without one."""
     name = MODEL_RECIPES.get(model)
     data = read_config_file(name) if name is not None else {}
     data.pop("data", None)
     if data.get("model", {}).get("name") != model:
-        data.pop("init", None)  # a borrowed recipe's pretrained start fits another model
+        # A borrowed recipe's pretrained start fits another model: this model's own ImageNet
+        # backbone where deeplab2 published one, else from scratch.
+        data.pop("init", None)
+        if model in _OWN_BACKBONES:
+            data["init"] = {"checkpoint": _OWN_BACKBONES[model], "backbone_only": True}
     data.setdefault("model", {})["name"] = model
     return name, data
 
