@@ -136,7 +136,19 @@ def test_export_errors_name_the_problem(tmp_path: Path) -> None:
         export_model(model, tmp_path / "m.onnx", size=96, dynamic_size=True, info=INFO)
     with pytest.raises(ValueError, match="unknown export format"):
         export_model(model, tmp_path / "m.onnx", format="tflite", info=INFO)
-    assert not (tmp_path / "m.onnx").exists()
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, images):
+            masks = images[:, :1, ::4, ::4]
+            if images.sum() > 0:  # a Python branch on values: cannot be traced
+                masks = -masks
+            return {"pred_logits": images.new_zeros(1, 2, 8), "pred_masks": masks,
+                    "pixel_feature": masks}
+
+    with pytest.raises(ValueError, match="cannot export DataDependent as torch-export at 33x33"):
+        export_model(DataDependent(), tmp_path / "m.pt2", format="torch-export", size=33,
+                     info=INFO)
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.pt2").exists()
 
 
 @pytest.mark.slow

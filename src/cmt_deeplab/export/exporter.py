@@ -96,16 +96,23 @@ def export_model(
     output_names = list(PANOPTIC_OUTPUTS if post_processing else NETWORK_OUTPUTS)
     with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer chatter
+        try:
+            if format == "onnx":
+                program = torch.onnx.export(
+                    graph, (example,), dynamo=True, dynamic_shapes=dynamic_shapes,
+                    input_names=[INPUT_NAME], output_names=output_names, opset_version=OPSET,
+                    verbose=False,
+                )
+            else:
+                program = torch.export.export(graph, (example,), dynamic_shapes=dynamic_shapes,
+                                              strict=False)
+        except Exception as error:  # noqa: BLE001 - the exporters raise many types
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ValueError(f"cannot export {_model_section(model)['name']} as {format} at "
+                             f"{height}x{width}: {type(error).__name__}: {first}") from error
         if format == "onnx":
-            program = torch.onnx.export(
-                graph, (example,), dynamo=True, dynamic_shapes=dynamic_shapes,
-                input_names=[INPUT_NAME], output_names=output_names, opset_version=OPSET,
-                verbose=False,
-            )
             atomic_write_with(out, lambda tmp: program.save(tmp, external_data=False))
         else:
-            program = torch.export.export(graph, (example,), dynamic_shapes=dynamic_shapes,
-                                          strict=False)
             atomic_write_with(out, lambda tmp: torch.export.save(program, tmp))
 
     steps = AxisRange(SIZE_STEP + 1, SIZE_STEP * MAX_SIZE_STEPS + 1, SIZE_STEP, 1)
