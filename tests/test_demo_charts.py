@@ -62,3 +62,12 @@ def test_chart_in_a_browser_shows_coloured_legend_entries(tmp_path):
         if near.sum() >= 10:
             in_legend.append(colour)
     assert len(in_legend) == 4, f"legend colours right of the axes: {in_legend}"
+
+
+def test_parameter_groups_sharing_a_learning_rate_are_drawn_once():
+    from cmt_deeplab.demo.report import _merge_equal
+
+    lrs = {"head_decay": [(0, 1.0), (5, 2.0)], "backbone_decay": [(0, 1.0), (5, 2.0)],
+           "slow": [(0, 0.1), (5, 0.2)]}
+    assert _merge_equal(lrs) == {"head_decay, backbone_decay": [(0, 1.0), (5, 2.0)],
+                                 "slow": [(0, 0.1), (5, 0.2)]}

@@ -66,13 +66,22 @@ def _curves_section(run_dir: Path) -> str:
     lrs = {tag.split("/", 1)[-1]: values for tag, values in scalars.items()
            if tag.startswith("lr/")}
     if lrs:
-        charts.append(line_chart(lrs, "learning rate (warm-up, then poly decay)",
+        charts.append(line_chart(_merge_equal(lrs), "learning rate (warm-up, then poly decay)",
                                  ylabel="lr"))
     pq = {tag.split("/", 1)[-1]: values for tag, values in scalars.items()
           if tag in ("eval/pq", "eval/pq_things", "eval/pq_stuff")}
     if pq:
         charts.append(line_chart(pq, "PQ on held-out images", ylabel="PQ (%)"))
     return "<h2>Training curves</h2>" + ("".join(charts) or "<p class='note'>No logged scalars.</p>")
+
+
+def _merge_equal(series: dict[str, list[tuple[float, float]]]) -> dict[str, list]:
+    """Series with identical points drawn once, named together (parameter groups that share
+    a learning rate would otherwise hide one another)."""
+    merged: dict[tuple, list[str]] = {}
+    for name, points in series.items():
+        merged.setdefault(tuple(points), []).append(name)
+    return {", ".join(names): list(points) for points, names in merged.items()}
 
 
 def _spread(series: dict[str, list[tuple[float, float]]]) -> float:

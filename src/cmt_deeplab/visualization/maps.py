@@ -154,8 +154,9 @@ def render_grid(
     thumb = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
     rows, cols = len(maps.slots), len(layers) + 1
     dpi = 100
+    # At least 2.6 in tall: the colour bar's label fits beside a single row.
     figure = Figure(figsize=(cols * (size[0] + 12) / dpi + 1.2,
-                             rows * (size[1] + 30) / dpi + (0.5 if title else 0.25)),
+                             max(2.6, rows * (size[1] + 30) / dpi + (0.5 if title else 0.25))),
                     dpi=dpi, layout="constrained")
     grid = figure.subplots(rows, cols, squeeze=False)
     for row, label in enumerate(maps.slot_labels):
@@ -171,7 +172,7 @@ def render_grid(
     colours = ListedColormap(jet(np.arange(256, dtype=np.uint8)) / 255.0)
     bar = figure.colorbar(ScalarMappable(Normalize(0.0, 1.0), colours), ax=grid[:, 1:],
                           shrink=min(1.0, 3.0 / rows) if rows > 3 else 0.9, aspect=25)
-    bar.set_label("share of the map's range (min-max per map)", fontsize=9)
+    bar.set_label("map value, min-max scaled", fontsize=9)
     if title:
         figure.suptitle(title, x=0.01, ha="left", fontsize=11, fontweight="bold")
     buffer = io.BytesIO()
