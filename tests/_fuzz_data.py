@@ -327,3 +327,9 @@ def _(ws: Workspace) -> Expect:
     root, data = ws.copy_split()
     ws.write_split(root, {**data, "images": [], "annotations": []})
     return Expect(_check(root), ok=True, names=["images: 0", "problems: 0"])
+
+
+@fuzz_case("data-check-max-problems-negative")
+def _(ws: Workspace) -> Expect:
+    return Expect(_check(ws.data) + ["--max-problems", "-1"], names=["--max-problems", "-1"],
+                  code=2)

@@ -221,6 +221,18 @@ def _image_info_case(content: str | None, names: list[str]) -> Callable[[Workspa
     return case
 
 
+@fuzz_case("predict-image-info-a-directory")
+def _(ws: Workspace) -> Expect:
+    (ws.tmp / "info").mkdir()
+    return Expect(_predict(ws, "--input", str(ws.image), "--image-info", str(ws.tmp / "info")),
+                  names=["info"])
+
+
+@fuzz_case("predict-input-unclosed-glob")
+def _(ws: Workspace) -> Expect:
+    return Expect(_predict(ws, "--input", str(ws.tmp / "[")), names=["["])
+
+
 for _name, _content, _names in [
     ("missing", None, []),
     ("not-json", "{images: [", []),

@@ -7,6 +7,7 @@ graph are ``slow``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -126,6 +127,15 @@ def test_torch_export_program_matches_eager(tmp_path: Path) -> None:
     with torch.no_grad():
         reference = model(images)
     assert_logits_close(runner(images), reference)
+    # The sidecar records the program's SHA-256: bytes overwritten since are refused by name
+    # (a damaged program can load and fail later, or run wrong).
+    data = bytearray(out.read_bytes())
+    assert Sidecar.load(out).extra["model_sha256"] == hashlib.sha256(data).hexdigest()
+    data[len(data) // 2:len(data) // 2 + 4000] = bytes(4000)
+    out.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"exported model .*cmt.pt2 is corrupt or was replaced: "
+                                         r"its SHA-256 is"):
+        load_exported(out)
 
 
 def test_export_errors_name_the_problem(tmp_path: Path) -> None:

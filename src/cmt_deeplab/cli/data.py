@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    if args.max_problems < 0:
+        raise ValueError(f"--max-problems must be 0 or more, got {args.max_problems}")
     dataset = dataset_from_args(args, skip_bad=False)
     report = check_dataset(dataset, decode_images=not args.quick, progress=True)
     for path, message in report.problems[: args.max_problems]:

@@ -15,6 +15,7 @@ A fixed-size graph accepts the traced size only; ``dynamic_size`` lets height an
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import warnings
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from cmt_deeplab.export.graph_outputs import (
     NetworkGraph,
     PanopticGraph,
 )
-from cmt_deeplab.export.sidecar import SIZE_STEP, AxisRange, Sidecar
+from cmt_deeplab.export.sidecar import MODEL_DIGEST_KEY, SIZE_STEP, AxisRange, Sidecar
 from cmt_deeplab.inference.fast import optimize_for_inference
 from cmt_deeplab.model_dir import checkpoint_size, dataset_info, load_model_dir, model_config
 from cmt_deeplab.utils.io import atomic_write_with
@@ -130,7 +131,9 @@ def export_model(
                           "pixel_threshold": pixel_threshold,
                           "label_divisor": info.label_divisor} if post_processing else None),
         extra={"torch_version": torch.__version__,
-               **({"opset": OPSET} if format == "onnx" else {})},
+               **({"opset": OPSET} if format == "onnx" else {}),
+               # Neither format has a checksum: a damaged graph file may load and run wrong.
+               MODEL_DIGEST_KEY: hashlib.sha256(Path(out).read_bytes()).hexdigest()},
     )
     sidecar.save(out)
     return sidecar

@@ -12,13 +12,14 @@ run in chunks of its batch size.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from cmt_deeplab.export.sidecar import Sidecar
+from cmt_deeplab.export.sidecar import MODEL_DIGEST_KEY, Sidecar, sidecar_path
 
 BACKENDS = ("onnxruntime", "torch-export")
 
@@ -41,6 +42,13 @@ class ExportedModel(nn.Module):
             raise FileNotFoundError(f"exported model not found: {self.model_file}")
         self.sidecar = Sidecar.load(self.model_file)
         self.num_threads = num_threads
+        expected = self.sidecar.extra.get(MODEL_DIGEST_KEY)  # exports before it: unchecked
+        if expected is not None:
+            actual = hashlib.sha256(self.model_file.read_bytes()).hexdigest()
+            if actual != expected:
+                raise ValueError(
+                    f"exported model {self.model_file} is corrupt or was replaced: its SHA-256 "
+                    f"is {actual}, not {expected} as recorded in {sidecar_path(self.model_file)}")
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         self.sidecar.check_input_shape(tuple(images.shape), any_batch=True)

@@ -23,6 +23,10 @@ NORMALIZATION = {"scale": 1 / 127.5, "offset": -1.0, "formula": "pixel / 127.5 -
 SIZE_STEP = 32
 
 
+#: The sidecar key holding the SHA-256 (hex) of the exported graph file, checked at load.
+MODEL_DIGEST_KEY = "model_sha256"
+
+
 def sidecar_path(model_file: str | Path) -> Path:
     """``model.onnx`` -> ``model.onnx.json``."""
     model_file = Path(model_file)
