@@ -1,5 +1,9 @@
 """Inference-only rewrites that keep a model's outputs (within float rounding) and make it
-faster: BN folded into the convolution or projection before it, channels-last layout.
+faster: BN folded into the convolution or projection before it (or, for the CMT layer's
+clustering update, after it), channels-last layout, and no per-layer auxiliary predictions
+(``aux_outputs`` comes back empty: only the deep-supervision losses read it). Modules with a
+``fused_inference`` switch (the CMT layer's pixel update, the memory attention's logit BN)
+take their folded eval-only path.
 
 The result is for ``eval()`` use only (its BNs are gone), so it is a copy unless ``inplace``.
 Parameter and MAC counts are those of the original model; count on it, not on this.
@@ -12,7 +16,9 @@ import copy
 import torch
 from torch import nn
 
+from cmt_deeplab.models.heads.prediction_head import PixelHead
 from cmt_deeplab.models.layers.norm_act import ConvBN, LinearBN
+from cmt_deeplab.models.transformer.cmt_layer import ClusteringMaskTransformerLayer
 
 
 @torch.no_grad()
@@ -35,9 +41,35 @@ def _fold_linear_bn(linear: nn.Linear, bn: nn.BatchNorm1d) -> None:
     linear.bias = nn.Parameter(bias)
 
 
+@torch.no_grad()
+def _fold_bn_into_next_linear(bn: nn.BatchNorm1d, linear: nn.Linear) -> None:
+    """``linear(BN(x)) = (W diag(s)) x + (W t + b)`` with BN's eval affine ``s x + t``."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    bias = linear.weight @ shift
+    if linear.bias is not None:
+        bias = bias + linear.bias
+    linear.weight.mul_(scale[None, :])
+    linear.bias = nn.Parameter(bias)
+
+
 def fold_batchnorm(model: nn.Module) -> int:
-    """Folds every ``ConvBN`` / ``LinearBN`` BN into its conv / linear, in place; returns how many."""
+    """Folds every ``ConvBN`` / ``LinearBN`` BN into its conv / linear, the pixel head's feature
+    BN into its last conv and the CMT clustering update's value BN into the projection after
+    it, in place; returns how many."""
     folded = 0
+    for module in model.modules():
+        # Before the LinearBNs: the value BN's shift becomes a bias that the BN after the
+        # projection then scales.
+        if (isinstance(module, ClusteringMaskTransformerLayer) and module.use_clustering_update
+                and isinstance(module.cluster_value_bn, nn.BatchNorm1d)):
+            _fold_bn_into_next_linear(module.cluster_value_bn, module.cluster_conv3.linear)
+            module.cluster_value_bn = nn.Identity()
+            folded += 1
+        elif isinstance(module, PixelHead) and isinstance(module.feature_bn, nn.BatchNorm2d):
+            _fold_conv_bn(module.final, module.feature_bn)
+            module.feature_bn = nn.Identity()
+            folded += 1
     for module in model.modules():
         if isinstance(module, ConvBN) and isinstance(module[1], nn.BatchNorm2d):
             _fold_conv_bn(module[0], module[1])
@@ -58,6 +90,11 @@ def optimize_for_inference(
         model = copy.deepcopy(model)
     model.eval()
     fold_batchnorm(model)
+    for module in model.modules():
+        if hasattr(module, "return_aux_outputs"):
+            module.return_aux_outputs = False
+        if hasattr(module, "fused_inference"):
+            module.fused_inference = True
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     for param in model.parameters():

@@ -154,6 +154,9 @@ class CMTDeepLab(nn.Module):
             self.decoder_stages.append(group)
             current = group.out_channels
         self.panoptic_channels = current
+        # False (an inference copy, ``inference.fast``): no per-layer predictions; only the
+        # deep-supervision losses read them.
+        self.return_aux_outputs = True
         self.num_layers = sum(s.num_blocks for s in c.decoder if s.clustering)
 
         self.centers = SlotTable(c.num_slots, c.memory_channels, c.max_num_slots) if own_centers else None
@@ -218,7 +221,7 @@ class CMTDeepLab(nn.Module):
 
     def forward(self, images: torch.Tensor, return_maps: bool = False) -> dict:
         check_images(images)
-        state = TransformerState(return_maps=return_maps)
+        state = TransformerState(return_maps=return_maps, record_aux=self.return_aux_outputs)
         features = self.forward_features(images, self.centers(images.shape[0]), state)
         outputs = self.predict(features, state)
         if self.training and self.semantic_head is not None:

@@ -86,6 +86,7 @@ class MaXDeepLab(nn.Module):
         if c.extra_decoder_blocks_per_stage <= 0:
             raise ValueError("extra_decoder_blocks_per_stage must be > 0")
         self.act = get_activation(c.activation)
+        self.return_aux_outputs = True  # False: no per-layer predictions (inference.fast)
         blocks = c.block_config(c.use_axial_beyond_stride, c.num_heads)
         transformer = partial(self._make_transformer, c)
         self.memory = SlotTable(c.num_slots, c.memory_channels, c.max_num_slots)
@@ -222,7 +223,8 @@ class MaXDeepLab(nn.Module):
         feature_panoptic = high_resolution[-1]
 
         outputs = self._predict(feature_panoptic, memory)
-        memories = state.extras.get("memories", [])[:-1]
+        # An inference copy (``inference.fast``) leaves out what only the losses read.
+        memories = state.extras.get("memories", [])[:-1] if self.return_aux_outputs else []
         outputs["aux_outputs"] = [
             self._predict(None, m, pixel_feature=outputs["pixel_feature"]) for m in memories
         ]

@@ -32,20 +32,24 @@ class RecursiveCMTDeepLab(nn.Module):
         first = CMTDeepLabConfig(**{**config.__dict__, "use_semantic_head": False})
         self.net1 = CMTDeepLab(first, own_centers=False)
         self.net2 = CMTDeepLab(config, own_centers=False)
+        # False (an inference copy, ``inference.fast``): no per-layer or net-1 predictions.
+        self.return_aux_outputs = True
 
     def forward(self, images: torch.Tensor, return_maps: bool = False) -> dict:
         check_images(images)
-        state1 = TransformerState(return_maps=return_maps)
+        aux = self.return_aux_outputs
+        state1 = TransformerState(return_maps=return_maps, record_aux=aux)
         features1 = self.net1.forward_features(images, self.centers(images.shape[0]), state1)
-        outputs1 = self.net1.predict(features1, state1)
-        state2 = TransformerState(return_maps=return_maps)
+        state2 = TransformerState(return_maps=return_maps, record_aux=aux)
         features2 = self.net2.forward_features(
             images, features1["centers"], state2,
             feedback={"stage2": features1["decoder_output"]},
         )
         outputs = self.net2.predict(features2, state2)
-        net1_final = {k: v for k, v in outputs1.items() if k != "aux_outputs"}
-        outputs["aux_outputs"] = outputs1["aux_outputs"] + [net1_final] + outputs["aux_outputs"]
+        if aux:  # net 1's head feeds nothing but these
+            outputs1 = self.net1.predict(features1, state1)
+            net1_final = {k: v for k, v in outputs1.items() if k != "aux_outputs"}
+            outputs["aux_outputs"] = outputs1["aux_outputs"] + [net1_final] + outputs["aux_outputs"]
         if self.training and self.net2.semantic_head is not None:
             outputs["semantic_logits"] = self.net2.semantic_logits(features2["endpoints"])
         if return_maps:

@@ -79,13 +79,15 @@ class PredictionHead(nn.Module):
     def forward(
         self,
         pixel_input: torch.Tensor,
-        class_feature: torch.Tensor,
+        class_feature: torch.Tensor | None,
         mask_feature: torch.Tensor,
         pixel_feature: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """``pixel_input [B, C, h, w]``, slot features ``[B, N, C_s]`` -> prediction dict.
 
-        A precomputed ``pixel_feature`` skips the pixel head (aux outputs that share it).
+        A precomputed ``pixel_feature`` skips the pixel head (aux outputs that share it);
+        ``class_feature=None`` skips the class head (no ``pred_logits``: a CMT layer's masks
+        at inference, where only the assignment reads them).
         """
         if pixel_feature is None:
             pixel_feature = self.pixel_head(pixel_input)
@@ -93,9 +95,11 @@ class PredictionHead(nn.Module):
         masks = torch.einsum("bdhw,bnd->bnhw", pixel_feature, kernels)
         batch, slots, height, width = masks.shape
         masks = self.mask_bn(masks.reshape(batch, 1, slots * height, width))
-        logits = self.class_head(class_feature) + self.void_bias
-        return {
-            "pred_logits": logits,
+        prediction = {
             "pred_masks": masks.reshape(batch, slots, height, width),
             "pixel_feature": pixel_feature,
         }
+        if class_feature is not None:
+            prediction = {"pred_logits": self.class_head(class_feature) + self.void_bias,
+                          **prediction}
+        return prediction

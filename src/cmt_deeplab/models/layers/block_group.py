@@ -82,6 +82,8 @@ class TransformerState:
     maps: list[dict[str, torch.Tensor]] = field(default_factory=list)
     return_maps: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    # False skips the per-layer predictions only the deep-supervision losses read (inference).
+    record_aux: bool = True
 
 
 class BlockGroup(nn.Module):

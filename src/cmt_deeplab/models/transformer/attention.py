@@ -27,11 +27,20 @@ class AttentionOperation(nn.Module):
         self.similarity_bn = nn.BatchNorm2d(num_heads, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.value_bn = nn.BatchNorm1d(value_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.act = get_activation(activation)
+        # Set by ``inference.fast.optimize_for_inference`` on an eval-only copy: the logit BN
+        # becomes a per-head scale on q; its shift, constant over the keys, cancels in the
+        # softmax. Saves a pass over the [B, h, N, L] logits.
+        self.fused_inference = False
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        weights = self.similarity_bn(q @ k.transpose(-1, -2)).softmax(dim=-1)
+        if self.fused_inference:
+            bn = self.similarity_bn
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # [h]
+            weights = ((q * scale[:, None, None]) @ k.transpose(-1, -2)).softmax(dim=-1)
+        else:
+            weights = self.similarity_bn(q @ k.transpose(-1, -2)).softmax(dim=-1)
         retrieved = weights @ v  # [B, h, N, dv]
         batch, heads, length, dv = retrieved.shape
         retrieved = retrieved.transpose(1, 2).reshape(batch * length, heads * dv)

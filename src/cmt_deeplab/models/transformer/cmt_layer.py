@@ -29,6 +29,8 @@ Per-layer parameters at D = 256, N x M = 128 x 256: 1,725,212 + 516 C_p.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,6 +65,36 @@ def _axis_coordinates(
     if length > 1:
         return torch.linspace(low, 1.0, length, device=device, dtype=dtype)
     return torch.full((1,), (low + 1) / 2, device=device, dtype=dtype)
+
+
+def coordinate_channels(
+    height: int, width: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``[2, H, W]`` CoordConv channels: (y, x) pixel centres on ``[-1, 1]``.
+
+    Cached per size outside an export (every CMT layer of a forward asks for the same few
+    sizes); the cached tensor is read-only.
+    """
+    if torch.compiler.is_exporting():
+        return _build_coordinate_channels(height, width, device, dtype)
+    return _cached_coordinate_channels(height, width, torch.device(device), dtype)
+
+
+def _build_coordinate_channels(
+    height: int, width: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    ys, xs = normalized_coordinates(height, width, device, dtype, -1.0)
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_coordinate_channels(
+    height: int, width: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    # A normal tensor even when first asked for under inference mode: a training forward
+    # may concatenate it into what its backward saves.
+    with torch.inference_mode(False):
+        return _build_coordinate_channels(height, width, device, dtype)
 
 
 def gaussian_reference_logits(
@@ -156,6 +188,9 @@ class ClusteringMaskTransformerLayer(DualPathBase):
         self.drop_attention = DropPath(drop_path_keep_prob)
         self.drop_cluster = DropPath(drop_path_keep_prob)
         self.drop_ffn = DropPath(drop_path_keep_prob)
+        # Set by ``inference.fast.optimize_for_inference`` on an eval-only copy: the pixel
+        # update's BN moves onto the centre values (``_gather_folded``).
+        self.fused_inference = False
 
     def forward(
         self, pixels: torch.Tensor, centers: torch.Tensor, state: TransformerState | None = None
@@ -169,7 +204,10 @@ class ClusteringMaskTransformerLayer(DualPathBase):
         pixel_k, pixel_v = pixel_kv.split([key, value], -1)  # [B, HW, K], [B, HW, V]
 
         # Feature affinity, reference mask and residual path -> the assignment logits Z.
-        prediction = self.predictor(pixel_space, center_space, center_space)
+        # Without aux outputs (inference) the class head has no reader: left out.
+        prediction = self.predictor(
+            pixel_space, center_space if state.record_aux else None, center_space
+        )
         mask_logits = prediction["pred_masks"]  # [B, N, H, W]
         if self.use_reference_mask:
             mu, sigma = self.reference_mask(center_space)
@@ -179,7 +217,8 @@ class ClusteringMaskTransformerLayer(DualPathBase):
             mask_logits = mask_logits + resize_bilinear(state.prev_mask_logits, (height, width))
         prediction["pred_masks"] = mask_logits
         state.prev_mask_logits = mask_logits
-        state.aux_outputs.append(prediction)
+        if state.record_aux:
+            state.aux_outputs.append(prediction)
         assignment = mask_logits.flatten(2).softmax(dim=1)  # A^T [B, N, HW], softmax over N
         if self.detach_assignment:
             assignment = assignment.detach()
@@ -201,13 +240,15 @@ class ClusteringMaskTransformerLayer(DualPathBase):
 
         # Frequent pixel update from the clustering result, with coordinate channels.
         if self.use_pixel_update:
-            gathered = assignment.transpose(1, 2) @ center_v  # [B, HW, V]
-            gathered = self.act(self.pixel_value_bn(gathered.reshape(-1, value)))
-            gathered = gathered.reshape(batch, height * width, value).transpose(1, 2)
-            gathered = gathered.reshape(batch, value, height, width)
+            if self.fused_inference:
+                gathered = self._gather_folded(assignment, center_v)
+            else:
+                gathered = assignment.transpose(1, 2) @ center_v  # [B, HW, V]
+                gathered = self.act(self.pixel_value_bn(gathered.reshape(-1, value)))
+                gathered = gathered.reshape(batch, height * width, value)
+            gathered = gathered.transpose(1, 2).reshape(batch, value, height, width)
             if self.use_coord_conv:
-                ys, xs = normalized_coordinates(height, width, pixels.device, pixels.dtype, -1.0)
-                coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # [2, H, W]
+                coords = coordinate_channels(height, width, pixels.device, pixels.dtype)
                 gathered = torch.cat([gathered, coords.expand(batch, -1, -1, -1)], dim=1)
             pixels = pixels + self.drop_pixel(self.pixel_conv3(gathered))
 
@@ -218,3 +259,17 @@ class ClusteringMaskTransformerLayer(DualPathBase):
                 "attention": weights[..., :hw].mean(1).detach().reshape(batch, -1, height, width),
             })
         return pixels, centers_out
+
+    def _gather_folded(self, assignment: torch.Tensor, center_v: torch.Tensor) -> torch.Tensor:
+        """Eval-mode ``act(BN(A center_v))`` with the BN applied to the N centre values.
+
+        ``A [B, N, HW]`` sums to 1 over N at every pixel, so the per-channel affine BN moves
+        through the product: a ``[B, N, V]`` scale-and-shift instead of one over ``[B, HW, V]``
+        (equal within float rounding). Returns ``[B, HW, V]``.
+        """
+        bn = self.pixel_value_bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        values = torch.addcmul(shift, center_v, scale)  # [B, N, V]
+        gathered = assignment.transpose(1, 2) @ values
+        return self.act(gathered)
