@@ -180,3 +180,12 @@ for _name, _damage, _file, _names in [
      "config.yaml", ["'data'"]),
 ]:
     fuzz_case(f"train-resume-{_name}", slow=True)(_damaged_resume(_damage, _file, _names))
+
+
+@fuzz_case("train-zero-image-split")
+def _(ws: Workspace) -> Expect:
+    root, data = ws.copy_split()
+    ws.write_split(root, {**data, "images": [], "annotations": []})
+    return Expect(["train", "--config", CONFIG, "--data", str(root), "--train-split", "val",
+                   "--out", str(ws.out), "--steps", "1", "--device", "cpu", "--no-progress"],
+                  names=["panoptic_val.json", "no annotated images"])
