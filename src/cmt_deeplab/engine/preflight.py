@@ -78,8 +78,9 @@ class MemoryEstimate:
     def problem(self) -> str | None:
         """Why the run cannot fit, with the numbers, or ``None``."""
         parts = (f"weights + gradients + Adam state {format_bytes(self.weights)}, activations "
-                 f"kept for backward {format_bytes(self.activations)}, batches held by the "
-                 f"data loader {format_bytes(self.data)}"
+                 f"kept for backward {format_bytes(self.activations)}"
+                 + (f", batches held by the data loader {format_bytes(self.data)}"
+                    if self.data else "")
                  + (f", x {self.processes} processes" if self.processes > 1 else ""))
         if self.device != "cpu" and self.model_available is not None \
                 and self.model_total > self.model_available:
