@@ -150,7 +150,9 @@ class CachedCheckpoint:
     Building a model costs a second on a busy machine, most of it random initialisation that
     loading then overwrites; dozens of cases read the same valid checkpoint. The model is
     shared: ``predict`` rewrites it for inference in place, which is idempotent (BNs folded
-    once, then gone). Every other directory (the cases' damaged copies) is loaded for real.
+    once, then gone), and ``evaluate`` and ``visualize`` run on it before or after that rewrite
+    alike (tried in both orders). Every other directory (the cases' damaged copies) is loaded
+    for real.
     """
 
     def __init__(self, shared: Path) -> None:
