@@ -61,7 +61,9 @@ class Predictor:
         inplace: with ``optimize``, rewrite ``model`` itself instead of a copy (it is then fit
             for inference only); saves the copy when the caller owns the model.
         precision: ``"fp32"``, or autocast to ``"bf16"`` (CUDA, or a CPU with bf16 support)
-            or ``"fp16"`` (CUDA only). Outputs are returned in float32.
+            or ``"fp16"`` (CUDA only). With ``optimize``, the inference copy's (BN-folded) conv
+            and linear weights are cast to that dtype once, from the float32 model; norms and
+            the ops autocast keeps in float32 stay float32. Outputs are returned in float32.
         compile: ``torch.compile`` the model (fixed canvas, so static shapes). Compiling
             happens at the first batch; if it fails there (no C++ compiler, an unsupported
             op), a warning says why and the Predictor runs eagerly.
@@ -100,10 +102,13 @@ class Predictor:
             raise ValueError(f"precision 'fp16' needs a CUDA device (got {self.device}); use "
                              "'bf16' or 'fp32'")
         self.model = model.to(self.device).eval()
-        if optimize:
-            self.model = optimize_for_inference(self.model, inplace=inplace)
-        self.channels_last = optimize
         self.amp_dtype = PRECISIONS[precision]
+        if optimize:
+            # The inference copy keeps its conv / linear weights in the autocast dtype: autocast
+            # would otherwise cast the float32 ones again at every call.
+            self.model = optimize_for_inference(self.model, inplace=inplace,
+                                                weight_dtype=self.amp_dtype)
+        self.channels_last = optimize
         self._forward: Any = torch.compile(self.model, dynamic=False) if compile else self.model
         self._compile_pending = compile
         self.info = info
