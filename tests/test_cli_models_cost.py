@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from cmt_deeplab.cli.cost import format_rows
 from cmt_deeplab.cli.main import main
+from cmt_deeplab.cost import PAPER_TABLE2, CostRow
 
 
 def test_models_table_lists_every_model_with_counts(capsys):
@@ -119,3 +123,46 @@ def test_cost_table_headers_and_the_papers_own_figures(capsys):
     assert "paper's and deeplab2's convention" in out
     row = next(line for line in out.splitlines() if line.startswith("cmt-deeplab-s"))
     assert "94,818,500" in row and "110,674,985" in row and "95M" in row and "396" in row
+
+
+@pytest.mark.slow
+def test_cost_backends_add_bf16_and_onnxruntime_columns(capsys):
+    pytest.importorskip("onnxruntime", reason="the onnxruntime column needs the [export] extra")
+    assert main(["cost", "--models", "cmt-deeplab-tiny", "--size", "65x65", "--repeats", "1",
+                 "--threads", "2", "--backends", "eager,bf16,onnxruntime",
+                 "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert set(row["backend_fps"]) == {"bf16", "onnxruntime"}
+    assert all(fps > 0 for fps in row["backend_fps"].values())
+
+
+def test_cost_backends_table_and_markdown_columns(capsys):
+    assert main(["cost", "--models", "max-deeplab-tiny", "--size", "65x65", "--repeats", "1",
+                 "--backends", "bf16"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert "bf16 FPS" in header and "onnxruntime FPS" not in header
+    assert "bf16 FPS: the bf16 inference path" in out
+    row = CostRow("max-deeplab-s", 641, 641, 10, 9, 5.0, fps=1.0, latency_s=1.0,
+                  device="cpu (2 threads)", backend_fps={"bf16": 1.5})
+    table = format_rows([row], "markdown").splitlines()
+    assert "| FPS | bf16 FPS | paper FPS |" in table[0]
+    assert table[0].count("|") == table[1].count("|") == table[2].count("|")
+    assert f"| 1.00 | 1.50 | {PAPER_TABLE2['max-deeplab-s']['fps']} |" in table[2]
+
+
+def test_cost_backends_errors_and_missing_onnxruntime(capsys, monkeypatch):
+    import cmt_deeplab.cli.cost as cost_cli
+
+    assert main(["cost", "--models", "cmt-deeplab-tiny", "--size", "65x65",
+                 "--backends", "eager,tensorrt"]) != 0
+    assert "unknown --backends tensorrt" in capsys.readouterr().err
+    assert main(["cost", "--models", "cmt-deeplab-tiny", "--size", "65x65", "--no-timing",
+                 "--backends", "bf16"]) != 0
+    assert "drop --no-timing" in capsys.readouterr().err
+    monkeypatch.setattr(cost_cli, "onnxruntime_available", lambda: False)
+    assert main(["cost", "--models", "cmt-deeplab-tiny", "--size", "65x65", "--repeats", "1",
+                 "--backends", "onnxruntime", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["backend_fps"] == {}
+    assert "onnxruntime column is left out: onnxruntime is not installed" in captured.err

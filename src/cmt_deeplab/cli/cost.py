@@ -7,17 +7,44 @@ import csv
 import io
 import json
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from cmt_deeplab.cli.main import UserError
-from cmt_deeplab.cost import PAPER_TABLE2, measure_cost, measure_training_memory
-from cmt_deeplab.models import RECOMPUTE_MODES, list_models
+from cmt_deeplab.cost import BACKENDS, PAPER_TABLE2, Backend, measure_cost, measure_training_memory
+from cmt_deeplab.data.metadata import Category, DatasetInfo
+from cmt_deeplab.export import OnnxRuntimeModel, export_model, onnxruntime_available
+from cmt_deeplab.models import RECOMPUTE_MODES, list_models, model_spec
 from cmt_deeplab.utils.size import parse_size
 
 JSON_KEYS = ("model", "params", "params_paper", "gmacs", "fps", "latency_s", "peak_mem_bytes",
-             "train_mem_bytes", "train_mem_kind", "train_crop", "train_recompute")
+             "train_mem_bytes", "train_mem_kind", "train_crop", "train_recompute", "backend_fps")
+
+
+def onnxruntime_backend(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], Any]:
+    """The model exported to ONNX (a temporary file, at the input's size) run by onnxruntime's
+    CPU provider with torch's thread count. Exporting a full-size model takes minutes."""
+    spec = model_spec(model).kwargs
+    info = DatasetInfo([Category(index + 1, f"class{index}", index < spec["num_thing_classes"])
+                        for index in range(spec["num_classes"])])
+    folder = tempfile.TemporaryDirectory(prefix="cmt-deeplab-cost-")
+    model_file = Path(folder.name) / "model.onnx"
+    export_model(model, model_file, size=tuple(images.shape[-2:]), info=info)
+    runtime = OnnxRuntimeModel(model_file, num_threads=torch.get_num_threads())
+    images = images.cpu().contiguous()
+
+    def call(folder: tempfile.TemporaryDirectory = folder) -> Any:  # keeps the file alive
+        return runtime(images)
+    return call
+
+
+#: ``--backends`` choices besides eager (always timed).
+EXTRA_BACKENDS: dict[str, Backend] = {**BACKENDS, "onnxruntime": onnxruntime_backend}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards (median)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for timing")
+    parser.add_argument("--backends", default="eager", metavar="LIST",
+                        help="comma-separated, timed one after another in one process: eager "
+                             "(always), bf16 (the bf16 inference path of predict --precision "
+                             "bf16), onnxruntime (an ONNX export run by onnxruntime: exporting "
+                             "takes minutes at full size; skipped with a note where "
+                             "onnxruntime is not installed)")
     parser.set_defaults(func=run)
 
 
@@ -55,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     train_crop = parse_size(args.train_crop, "--train-crop") if args.train_crop else None
+    backends, skipped = _backends(args.backends, device, args.no_timing)
     rows = []
     for index, name in enumerate(names, start=1):
         start = time.perf_counter()
@@ -63,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
               + (f", a training step at {train_crop[0]}x{train_crop[1]}" if train_crop else "")
               + " ...", file=sys.stderr, flush=True)
         row = measure_cost(name, height, width, timing=not args.no_timing, device=device,
-                           repeats=args.repeats)
+                           repeats=args.repeats, backends=backends)
         if train_crop is not None:
             row.train_crop, row.train_recompute = train_crop, args.recompute
             try:
@@ -75,7 +109,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"cost: [{index}/{len(names)}] {name}: done in {time.perf_counter() - start:.0f} s",
               file=sys.stderr, flush=True)
     print(format_rows(rows, args.format))
+    for note in skipped:
+        print(note, file=sys.stderr)
     return 0
+
+
+def _backends(text: str, device: str, no_timing: bool) -> tuple[dict[str, Backend], list[str]]:
+    """``--backends`` -> (the extra backends to time, notes on those skipped)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - {"eager", *EXTRA_BACKENDS})
+    if unknown:
+        raise UserError(f"unknown --backends {', '.join(unknown)}; choose from eager, "
+                        f"{', '.join(EXTRA_BACKENDS)}")
+    names = [n for n in dict.fromkeys(names) if n != "eager"]
+    if names and no_timing:
+        raise UserError("--backends times forwards: drop --no-timing")
+    skipped = []
+    if "onnxruntime" in names and not onnxruntime_available():
+        names.remove("onnxruntime")
+        skipped.append("cost: the onnxruntime column is left out: onnxruntime is not installed "
+                       "(pip install 'cmt-deeplab[export]')")
+    if "onnxruntime" in names and torch.device(device).type != "cpu":
+        names.remove("onnxruntime")
+        skipped.append(f"cost: the onnxruntime column is left out: it runs on the CPU, the "
+                       f"timing device is {device}")
+    return {n: EXTRA_BACKENDS[n] for n in names}, skipped
 
 
 def format_rows(rows: list, fmt: str) -> str:
@@ -94,8 +152,10 @@ def format_rows(rows: list, fmt: str) -> str:
         writer.writerows(dicts)
         return buffer.getvalue().rstrip()
     training = any(d["train_crop"] for d in dicts)
+    extra = list(dict.fromkeys(k for d in dicts for k in d["backend_fps"]))
     header = ("model", "size", "params", "params + aux head", "paper params", "GMACs",
               "paper GMACs", "latency s", "FPS", "peak mem")
+    header += tuple(f"{label} FPS" for label in extra)
     header += ("train mem / image", "paper train mem") if training else ()
     table = [header]
     for d in dicts:
@@ -107,7 +167,8 @@ def format_rows(rows: list, fmt: str) -> str:
             str(paper.get("gflops", "-")), f"{d['latency_s']:.3f}" if timed else "-",
             f"{d['fps']:.2f}" if timed else "-",
             f"{d['peak_mem_bytes'] / 2**20:.0f} MiB" if timed else "-",
-        ) + ((_train_memory(d), paper.get("memory", "-")) if training else ()))
+        ) + tuple(_backend_fps(d, label) for label in extra)
+          + ((_train_memory(d), paper.get("memory", "-")) if training else ()))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in table]
@@ -119,9 +180,22 @@ def format_rows(rows: list, fmt: str) -> str:
         lines.append(f"device: {dicts[0]['device']}; peak mem = {dicts[0]['peak_mem_kind']} of "
                      "the first forward of the model, in a fresh process on the CPU")
     lines.append("GMACs: multiply-accumulates, torch FlopCounterMode / 2, on the meta device")
+    if extra:
+        lines.append(BACKEND_NOTE)
     if training:
         lines += _training_notes(dicts)
     return "\n".join(lines)
+
+
+BACKEND_NOTE = ("FPS: the model as built (eager fp32); bf16 FPS: the bf16 inference path "
+                "(BN-folded channels-last copy, conv / linear weights in bf16, autocast); "
+                "onnxruntime FPS: its ONNX export on onnxruntime's CPU provider; batch 1, one "
+                "after another in one process")
+
+
+def _backend_fps(row: dict, label: str) -> str:
+    value = row["backend_fps"].get(label)
+    return f"{value:.2f}" if value is not None else "-"
 
 
 def _train_memory(row: dict) -> str:
@@ -145,10 +219,12 @@ def _training_notes(rows: list[dict]) -> list[str]:
 
 def format_markdown(rows: list[dict]) -> str:
     """Ours beside the paper's Table 2 (V100 FPS, TPUv4 training memory, 1200x800)."""
+    extra = list(dict.fromkeys(k for d in rows for k in d["backend_fps"]))
     lines = [
         "| model | size | params (paper convention) | paper params | GMACs | paper GMACs "
-        "('GFLOPs') | FPS | paper FPS | train mem / image | paper train mem |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "('GFLOPs') | FPS | " + "".join(f"{label} FPS | " for label in extra)
+        + "paper FPS | train mem / image | paper train mem |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|---|",
     ]
     for d in rows:
         paper = PAPER_TABLE2.get(d["model"], {})
@@ -159,10 +235,13 @@ def format_markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {d['model']} | {d['height']}x{d['width']} | {d['params_paper'] / 1e6:.1f}M | "
             f"{paper.get('params', '-')} | {d['gmacs']:.1f} | {paper.get('gflops', '-')} | {fps} | "
-            f"{paper.get('fps', '-')} | {memory} | {paper.get('memory', '-')} |"
+            + "".join(f"{_backend_fps(d, label)} | " for label in extra)
+            + f"{paper.get('fps', '-')} | {memory} | {paper.get('memory', '-')} |"
         )
     device = next((d["device"] for d in rows if d["device"]), None)
     if device:
         lines.append(f"\nOurs measured on {device}; the paper's FPS on a V100 (TF 2.7), its "
                      "training memory on a TPUv4.")
+    if extra:
+        lines.append(f"\n{BACKEND_NOTE}.")
     return "\n".join(lines)

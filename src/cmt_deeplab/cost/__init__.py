@@ -2,7 +2,10 @@
 Table 2 (``cmt-deeplab cost``, ``cmt-deeplab models`` and the demo's cost section)."""
 
 from cmt_deeplab.cost.measure import (
+    BACKENDS,
+    Backend,
     CostRow,
+    bf16_backend,
     count_model_parameters,
     measure_cost,
     measure_training_memory,
@@ -10,8 +13,11 @@ from cmt_deeplab.cost.measure import (
 from cmt_deeplab.cost.paper import PAPER_TABLE2
 
 __all__ = [
+    "BACKENDS",
     "PAPER_TABLE2",
+    "Backend",
     "CostRow",
+    "bf16_backend",
     "count_model_parameters",
     "measure_cost",
     "measure_training_memory",

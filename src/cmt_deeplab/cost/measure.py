@@ -7,14 +7,15 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
 import torch
 
 from cmt_deeplab.data.random_batch import random_batch
+from cmt_deeplab.inference.fast import optimize_for_inference
 from cmt_deeplab.models import build_model, count_parameters, model_spec, set_recompute
 from cmt_deeplab.utils.flops import count_macs
 from cmt_deeplab.utils.process_memory import track_peak_memory
@@ -37,6 +38,8 @@ class CostRow:
     train_mem_kind: str | None = None
     train_crop: tuple[int, int] | None = None
     train_recompute: str | None = None
+    #: Images/s of each extra backend (``measure_cost``'s ``backends``), same input and device.
+    backend_fps: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +52,27 @@ def count_model_parameters(name: str, **kwargs) -> tuple[int, int]:
     return count_parameters(model), count_parameters(model, paper=True)
 
 
+#: A backend to time beside eager: ``(model in eval mode, input [1, 3, H, W]) -> a call that
+#: runs one forward``. Module-level functions only: on the CPU they go to a spawned process.
+Backend = Callable[[torch.nn.Module, torch.Tensor], Callable[[], Any]]
+
+
+def bf16_backend(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], Any]:
+    """``Predictor(precision="bf16")``'s path: the BN-folded, channels-last inference copy with
+    its conv / linear weights in bf16, under bf16 autocast."""
+    network = optimize_for_inference(model, weight_dtype=torch.bfloat16)
+    images = images.contiguous(memory_format=torch.channels_last)
+
+    def call() -> Any:
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+            return network(images)
+    return call
+
+
+#: The extra backends of the cost package itself (the command adds the exported ones).
+BACKENDS: dict[str, Backend] = {"bf16": bf16_backend}
+
+
 def measure_cost(
     name: str,
     height: int,
@@ -57,11 +81,13 @@ def measure_cost(
     device: str | torch.device = "cpu",
     warmup: int = 1,
     repeats: int = 3,
+    backends: Mapping[str, Backend] | None = None,
     **kwargs,
 ) -> CostRow:
     """One row of the cost table: counts always; latency, FPS and the peak memory of one
     forward (CUDA peak allocated, or on CPU the peak resident-memory increase, measured in a
-    fresh process) unless ``timing=False``."""
+    fresh process) unless ``timing=False``; with ``backends``, the FPS of each (``Backend``,
+    e.g. ``BACKENDS["bf16"]``) after eager's, in the same process (``row.backend_fps``)."""
     params, params_paper = count_model_parameters(name, **kwargs)
     macs = count_macs(lambda: build_model(name, **kwargs), height, width)
     row = CostRow(name, height, width, params, params_paper, macs / 1e9)
@@ -70,8 +96,8 @@ def measure_cost(
     device = torch.device(device)
     run = _forward_cost if device.type != "cpu" else partial(
         _in_fresh_process, _forward_cost, f"the cost process of {name}")
-    latency, row.peak_mem_bytes, row.peak_mem_kind = run(name, height, width, device, warmup,
-                                                         repeats, kwargs)
+    latency, row.peak_mem_bytes, row.peak_mem_kind, row.backend_fps = run(
+        name, height, width, device, warmup, repeats, kwargs, dict(backends or {}))
     row.latency_s = latency
     row.fps = 1.0 / latency
     row.device = _device_name(device)
@@ -80,9 +106,11 @@ def measure_cost(
 
 def _forward_cost(
     name: str, height: int, width: int, device: torch.device, warmup: int, repeats: int,
-    kwargs: dict,
-) -> tuple[float, int, str]:
-    """``(median latency s, peak memory of the first forward, its kind)``. Memory is taken on
+    kwargs: dict, backends: dict[str, Backend] | None = None,
+) -> tuple[float, int, str, dict[str, float]]:
+    """``(median latency s, peak memory of the first forward, its kind, FPS per backend)``.
+    Each backend is timed after eager as eager is (``warmup``, then the median of
+    ``repeats``). Memory is taken on
     the first forward, before any other: a warm-up leaves its freed blocks to the allocator
     and a later forward reuses them without the resident size growing. On the CPU this runs
     in a fresh process per model for the same reason (``_in_fresh_process``)."""
@@ -101,7 +129,24 @@ def _forward_cost(
             model(images)
             _synchronize(device)
             times.append(time.perf_counter() - start)
-    return statistics.median(times), memory.increase, memory.kind
+        backend_fps = {label: 1.0 / _median_seconds(factory(model, images), device, warmup,
+                                                    repeats)
+                       for label, factory in (backends or {}).items()}
+    return statistics.median(times), memory.increase, memory.kind, backend_fps
+
+
+def _median_seconds(call: Callable[[], Any], device: torch.device, warmup: int,
+                    repeats: int) -> float:
+    for _ in range(max(warmup, 1)):  # at least one: the first call of a backend sets it up
+        call()
+    _synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _synchronize(device: torch.device) -> None:
