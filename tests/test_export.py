@@ -1,8 +1,8 @@
 """``cmt-deeplab export``: ONNX and torch.export graphs, their sidecar, and parity with eager.
 
-The default run exports three small graphs (about 10 s each; ``cmt_onnx`` is in conftest.py,
-shared with the predict tests); the parity on every registered model and the dynamic-size
-graph are ``slow``.
+The default run exports a few small graphs (``cmt_onnx`` is in conftest.py, shared with the
+predict tests) and every registered model at test width (72 s for the eight on 2 cores); the
+dynamic-size graphs are ``slow``.
 """
 
 from __future__ import annotations
@@ -161,7 +161,6 @@ def test_export_errors_name_the_problem(tmp_path: Path) -> None:
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.pt2").exists()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", cmt_deeplab.list_models())
 def test_every_registered_model_exports_with_parity(name: str, tmp_path: Path) -> None:
     """Every registered model at test width: onnxruntime against eager, outputs and map."""
