@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from cmt_deeplab.convert.archives import ARCHIVES
+from cmt_deeplab.convert.deeplab2 import CONVERSION_FILE, convert_deeplab2
 from cmt_deeplab.model_dir import (
     CONFIG_FILE,
     DIGEST_KEY,
@@ -55,8 +56,6 @@ logger = logging.getLogger(__name__)
 
 #: The pixel encoder's module name inside every model (and inside each net of an RFN).
 BACKBONE = "backbone."
-#: ``conversion.json``: a converted model directory names the tensors the checkpoint lacked.
-CONVERSION_FILE = "conversion.json"
 
 
 @dataclass
@@ -320,8 +319,6 @@ def _converted_state(
     checkpoint: str, model: nn.Module, backbone_only: bool
 ) -> dict[str, torch.Tensor]:
     """A deeplab2 checkpoint converted in memory into this model's architecture."""
-    from cmt_deeplab.convert.deeplab2 import convert_deeplab2
-
     spec = model_spec(unwrap_model(model))
     overrides = {k: v for k, v in spec.kwargs.items()
                  if k not in ("num_classes", "num_thing_classes", "num_slots")}
