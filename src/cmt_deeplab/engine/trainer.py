@@ -171,7 +171,9 @@ class Trainer:
             return None  # a dry run times one step: the starting values do not matter
         record = self.out_dir / PRETRAINED_FILE
         if self.resume and list_checkpoints(self.out_dir):
-            return PretrainedReport.from_dict(read_json(record, "pretrained-start record")) if record.is_file() else None
+            if not record.is_file():
+                return None
+            return PretrainedReport.from_dict(read_json(record, "pretrained-start record"))
         try:
             report = load_pretrained(model, init.checkpoint, init.backbone_only or None,
                                      init.strict)
