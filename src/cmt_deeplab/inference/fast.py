@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cmt_deeplab.models.heads.prediction_head import PixelHead
+from cmt_deeplab.models.layers.float32 import float32_modules
 from cmt_deeplab.models.layers.norm_act import ConvBN, LinearBN
 from cmt_deeplab.models.transformer.cmt_layer import ClusteringMaskTransformerLayer
 
@@ -90,11 +91,13 @@ def cast_layer_weights(model: nn.Module, dtype: torch.dtype) -> int:
     Under ``torch.autocast`` these layers run in ``dtype`` anyway, but autocast casts their
     float32 weights again at every call; a copy kept in ``dtype`` skips that (and the memory
     traffic of it). Norms, BN statistics and everything else stay float32, so autocast keeps
-    running the ops it lists as float32 in float32.
+    running the ops it lists as float32 in float32; so do the layers of modules that compute
+    in float32 under autocast (``keep_float32``, ``models.layers.float32``).
     """
+    kept = float32_modules(model)
     cast = 0
     for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and module not in kept:
             module.to(dtype)
             cast += 1
     return cast

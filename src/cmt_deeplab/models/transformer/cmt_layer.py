@@ -38,6 +38,7 @@ from torch import nn
 from cmt_deeplab.models.heads.prediction_head import PredictionHead
 from cmt_deeplab.models.layers.block_group import TransformerState
 from cmt_deeplab.models.layers.drop_path import DropPath
+from cmt_deeplab.models.layers.float32 import float32_region, upcast
 from cmt_deeplab.models.layers.init import trunc_normal_
 from cmt_deeplab.models.layers.norm_act import BN_EPS, BN_MOMENTUM, ConvBN, LinearBN
 from cmt_deeplab.models.layers.resized_fuse import resize_bilinear
@@ -108,7 +109,16 @@ def gaussian_reference_logits(
 
 
 class ReferenceMaskHead(nn.Module):
-    """Dynamic reference mask: ``c' [B, N, D] -> (mu, sigma) [B, N, 2] each``."""
+    """Dynamic reference mask: ``c' [B, N, D] -> (mu, sigma) [B, N, 2] float32 each``.
+
+    Float32 under autocast (``layers.float32``): with sigma down to ~0.01, ``R = -1/2
+    ((x - mu) / sigma)^2`` reaches hundreds and magnifies rounding, and bf16 rounds mu to steps
+    of ~4e-3 (at 0.5), sigma to ~0.4% and R to ~0.4%: in a bf16 run the assignment logits
+    moved by 0.5-1.1 on average (half that with this head in float32). ``gaussian_reference_logits``
+    works in mu's dtype, so R is float32 too. Two linears on ``N`` centres: no measurable cost.
+    """
+
+    keep_float32 = True
 
     def __init__(self, channels: int, activation: str = "relu") -> None:
         super().__init__()
@@ -118,9 +128,10 @@ class ReferenceMaskHead(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        params = self.out(self.hidden(centers))
-        mu = params[..., :2].sigmoid()
-        sigma = F.softplus(params[..., 2:]) + _MIN_SIGMA
+        with float32_region(centers):
+            params = self.out(self.hidden(upcast(centers)))
+            mu = params[..., :2].sigmoid()
+            sigma = F.softplus(params[..., 2:]) + _MIN_SIGMA
         return mu, sigma
 
 
