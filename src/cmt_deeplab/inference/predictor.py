@@ -62,8 +62,10 @@ class Predictor:
             for inference only); saves the copy when the caller owns the model.
         precision: ``"fp32"``, or autocast to ``"bf16"`` (CUDA, or a CPU with bf16 support)
             or ``"fp16"`` (CUDA only). With ``optimize``, the inference copy's (BN-folded) conv
-            and linear weights are cast to that dtype once, from the float32 model; norms and
-            the ops autocast keeps in float32 stay float32. Outputs are returned in float32.
+            and linear weights are cast to that dtype once, from the float32 model; norms, the
+            ops autocast keeps in float32 and the modules that compute in float32 under
+            autocast (``models.layers.float32``: the CMT layers' reference-mask heads) stay
+            float32. Outputs are returned in float32.
         compile: ``torch.compile`` the model (fixed canvas, so static shapes). Compiling
             happens at the first batch; if it fails there (no C++ compiler, an unsupported
             op), a warning says why and the Predictor runs eagerly.
