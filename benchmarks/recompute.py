@@ -2,22 +2,27 @@
 the plain path, on this machine's CPU.
 
     python benchmarks/recompute.py [--models cmt-deeplab-s,max-deeplab-s] [--crop 641]
-        [--batches 1,2] [--modes none,axial,blocks] [--rounds 3] [--threads 2] [--device cuda]
+        [--batches 1,2] [--modes none,axial,blocks] [--rounds 2] [--steps 2] [--threads 2]
+        [--device cuda]
 
 One step = what ``Trainer`` runs: forward, every loss term with Hungarian matching, backward,
 the optimizer (each model's shipped COCO config, 133 classes, 128 slots, drop path on), on
-random batches at the crop. For each model and batch one trainer is built, takes one warm-up
-step (it allocates the optimizer state), and then the recompute modes take turns on it
-(``set_recompute``) for ``--rounds`` rounds, so a load change on a shared machine hits every
-mode alike; medians are reported and the ratios to ``none``.
+random batches at the crop. Each (model, batch, mode) runs in a fresh process, as a training
+run would: one warm-up step (it allocates the optimizer state), then ``--steps`` measured
+steps. The processes of the modes take turns for ``--rounds`` rounds, so a load change on a
+shared machine hits every mode alike; medians are reported and the ratios to ``none``.
+
+A fresh process per mode matters on the CPU: glibc's heap keeps the layout a step left behind,
+and a ``blocks`` step run after a ``none`` step in the same process placed its tensors in the
+holes of the larger heap and peaked 0.3-0.5 GiB higher (MaX-S, 641x641) than in a run of its own.
 
 Memory is the step's peak resident-memory increase over the resident size just before it
 (``/proc/self/clear_refs`` resets the peak; freed heap memory is handed back with
 ``malloc_trim`` first), with the model, the gradients of the previous step freed, and the
-optimizer state already resident: the memory a step needs beyond the model and optimizer. That
-is why the trainer's allocator tuning (``run.keep_freed_memory``, which keeps freed memory in
-the process) is off here. The resident model + optimizer state is printed once per model. On
-CUDA the peak is ``max_memory_allocated`` above the allocated memory before the step.
+optimizer state already resident: the memory a step needs beyond the model and optimizer. The
+trainer's allocator tuning (``run.keep_freed_memory``) is on, as in training. The resident
+model + optimizer state is printed once per process. On CUDA the peak is
+``max_memory_allocated`` above the allocated memory before the step.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import contextlib
 import ctypes
 import gc
 import itertools
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,8 +65,8 @@ def _release_freed_memory() -> None:
 
 def _trainer(model: str, crop: int, batch: int, device: str) -> Trainer:
     values = {"run.batch_size": batch, "run.device": device, "run.amp": "none",
-              "run.num_workers": 0, "run.eval_every": 0, "run.keep_freed_memory": False,
-              "data.train_split": None, "data.val_split": None, "input.crop": [crop, crop]}
+              "run.num_workers": 0, "run.eval_every": 0, "data.train_split": None,
+              "data.val_split": None, "input.crop": [crop, crop]}
     return Trainer(load_train_config(CONFIGS[model], values=values), None, progress=False)
 
 
@@ -71,33 +78,45 @@ def _resident(device: torch.device) -> int:
     return current_rss_bytes()
 
 
-def measure(model: str, crop: int, batch: int, modes: list[str], rounds: int,
-            device: str = "cpu") -> dict:
-    """``{mode: {"seconds": [...], "peak": [...]}}`` over alternating rounds."""
+def run_worker(model: str, crop: int, batch: int, mode: str, steps: int, device: str) -> dict:
+    """One training process in ``mode``: a warm-up step, then ``steps`` measured ones."""
     torch_device = torch.device(device)
     before = _resident(torch_device)
     trainer = _trainer(model, crop, batch, device)
+    set_recompute(trainer.model, mode)
+    trainer.criterion.recompute = mode == "blocks"  # as the trainer sets it
     batches = itertools.cycle([random_batch(batch, (crop, crop), trainer.num_classes,
                                             trainer.num_thing_classes, seed=i) for i in range(2)])
+    seconds, peaks = [], []
+    for step in range(steps + 1):
+        _release_freed_memory()
+        with track_peak_memory(torch_device) as memory:
+            start = time.perf_counter()
+            trainer.train_step(batches)
+        if step:  # step 0 allocates the optimizer state
+            seconds.append(time.perf_counter() - start)
+            peaks.append(memory.increase)
+    return {"seconds": seconds, "peak": peaks, "resident": _resident(torch_device) - before}
+
+
+def measure(model: str, crop: int, batch: int, modes: list[str], rounds: int, steps: int,
+            threads: int, device: str = "cpu") -> dict:
+    """``{mode: {"seconds": [...], "peak": [...]}}``: each mode in its own process, the
+    processes alternating over ``rounds``."""
     results: dict[str, dict[str, list[float]]] = {m: {"seconds": [], "peak": []} for m in modes}
-    for round_index in range(rounds + 1):
-        for mode in modes if round_index else modes[:1]:  # round 0: one warm-up step
-            set_recompute(trainer.model, mode)
-            trainer.criterion.recompute = mode == "blocks"  # as the trainer sets it
-            _release_freed_memory()
-            with track_peak_memory(torch_device) as memory:
-                start = time.perf_counter()
-                trainer.train_step(batches)
-            peak = memory.increase
-            seconds = time.perf_counter() - start
-            if round_index:
-                results[mode]["seconds"].append(seconds)
-                results[mode]["peak"].append(peak)
-            print(f"  {model} batch {batch} {mode:6} round {round_index}: {seconds:6.2f} s, "
-                  f"peak +{peak / GIB:.2f} GiB", flush=True)
-    resident = _resident(torch_device) - before
-    print(f"  {model}: model and optimizer state resident: {resident / GIB:.2f} GiB")
-    del trainer
+    for round_index in range(rounds):
+        for mode in modes:
+            command = [sys.executable, __file__, "--worker", f"{model},{batch},{mode}",
+                       "--crop", str(crop), "--steps", str(steps), "--threads", str(threads),
+                       "--device", device]
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            for key in ("seconds", "peak"):
+                results[mode][key] += result[key]
+            steps_text = ", ".join(f"{s:.2f} s +{p / GIB:.2f} GiB"
+                                   for s, p in zip(result["seconds"], result["peak"], strict=True))
+            print(f"  {model} batch {batch} {mode:6} round {round_index + 1}: {steps_text} "
+                  f"(model and optimizer state {result['resident'] / GIB:.2f} GiB)", flush=True)
     return results
 
 
@@ -107,11 +126,17 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=641)
     parser.add_argument("--batches", default="1,2")
     parser.add_argument("--modes", default=",".join(RECOMPUTE_MODES))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2, help="measured steps per process")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # MODEL,BATCH,MODE: one process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.worker:
+        model, batch, mode = args.worker.split(",")
+        print(json.dumps(run_worker(model, args.crop, int(batch), mode, args.steps, args.device)))
+        return
     modes = args.modes.split(",")
     if modes[0] != "none":
         parser.error("--modes must start with none (the baseline of the ratios)")
@@ -120,7 +145,8 @@ def main() -> None:
     rows = []
     for model in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            results = measure(model, args.crop, batch, modes, args.rounds, args.device)
+            results = measure(model, args.crop, batch, modes, args.rounds, args.steps,
+                              args.threads, args.device)
             base = results["none"]
             base_peak = statistics.median(base["peak"])
             base_seconds = statistics.median(base["seconds"])
@@ -133,7 +159,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") \
         else f"cpu, {args.threads} threads"
     print(f"\ncrop {args.crop}x{args.crop}, {where}, medians of {args.rounds} alternating "
-          "rounds\n")
+          f"rounds x {args.steps} steps, a fresh process per mode\n")
     print("| model | batch | recompute | peak step memory | per image | step time | memory saved "
           "| time ratio |")
     print("|---|---|---|---|---|---|---|---|")
