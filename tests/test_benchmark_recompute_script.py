@@ -13,7 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "recompute.py"
 def test_recompute_benchmark_runs_and_prints_every_mode():
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--models", "cmt-deeplab-tiny", "--crop", "49",
-         "--batches", "2", "--rounds", "1", "--threads", "1"],
+         "--batches", "2", "--rounds", "1", "--steps", "1", "--threads", "1"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -138,11 +138,11 @@ def test_cost_backends_add_bf16_and_onnxruntime_columns(capsys):
 
 def test_cost_backends_table_and_markdown_columns(capsys):
     assert main(["cost", "--models", "max-deeplab-tiny", "--size", "65x65", "--repeats", "1",
-                 "--backends", "bf16"]) == 0
+                 "--backends", "inference,bf16"]) == 0
     out = capsys.readouterr().out
     header = out.splitlines()[0]
-    assert "bf16 FPS" in header and "onnxruntime FPS" not in header
-    assert "bf16 FPS: the bf16 inference path" in out
+    assert "inference FPS" in header and "bf16 FPS" in header and "onnxruntime FPS" not in header
+    assert "bf16 FPS: the bf16 inference path" in out and "inference FPS: predict's" in out
     row = CostRow("max-deeplab-s", 641, 641, 10, 9, 5.0, fps=1.0, latency_s=1.0,
                   device="cpu (2 threads)", backend_fps={"bf16": 1.5})
     table = format_rows([row], "markdown").splitlines()

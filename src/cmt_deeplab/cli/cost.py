@@ -70,8 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for timing")
     parser.add_argument("--backends", default="eager", metavar="LIST",
                         help="comma-separated, timed one after another in one process: eager "
-                             "(always), bf16 (the bf16 inference path of predict --precision "
-                             "bf16), onnxruntime (an ONNX export run by onnxruntime: exporting "
+                             "(always: the model as built), inference (predict's float32 path: the "
+                             "BN-folded copy without training-only outputs), bf16 (the bf16 "
+                             "inference path of predict --precision bf16), onnxruntime (an ONNX export run by onnxruntime: exporting "
                              "takes minutes at full size; skipped with a note where "
                              "onnxruntime is not installed)")
     parser.set_defaults(func=run)
@@ -187,7 +188,8 @@ def format_rows(rows: list, fmt: str) -> str:
     return "\n".join(lines)
 
 
-BACKEND_NOTE = ("FPS: the model as built (eager fp32); bf16 FPS: the bf16 inference path "
+BACKEND_NOTE = ("FPS: the model as built (eager fp32); inference FPS: predict's float32 path "
+                "(BN-folded channels-last copy, no training-only outputs); bf16 FPS: the bf16 inference path "
                 "(BN-folded channels-last copy, conv / linear weights in bf16, autocast); "
                 "onnxruntime FPS: its ONNX export on onnxruntime's CPU provider; batch 1, one "
                 "after another in one process")

@@ -57,6 +57,14 @@ def count_model_parameters(name: str, **kwargs) -> tuple[int, int]:
 Backend = Callable[[torch.nn.Module, torch.Tensor], Callable[[], Any]]
 
 
+def inference_backend(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], Any]:
+    """What ``predict`` runs in float32: the BN-folded, channels-last inference copy without
+    the outputs only the losses read (``optimize_for_inference``)."""
+    network = optimize_for_inference(model)
+    images = images.contiguous(memory_format=torch.channels_last)
+    return partial(network, images)
+
+
 def bf16_backend(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], Any]:
     """``Predictor(precision="bf16")``'s path: the BN-folded, channels-last inference copy with
     its conv / linear weights in bf16, under bf16 autocast."""
@@ -70,7 +78,7 @@ def bf16_backend(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], A
 
 
 #: The extra backends of the cost package itself (the command adds the exported ones).
-BACKENDS: dict[str, Backend] = {"bf16": bf16_backend}
+BACKENDS: dict[str, Backend] = {"inference": inference_backend, "bf16": bf16_backend}
 
 
 def measure_cost(
