@@ -14,7 +14,7 @@ shared machine hits every mode alike; medians are reported and the ratios to ``n
 
 A fresh process per mode matters on the CPU: glibc's heap keeps the layout a step left behind,
 and a ``blocks`` step run after a ``none`` step in the same process placed its tensors in the
-holes of the larger heap and peaked 0.3-0.5 GiB higher (MaX-S, 641x641) than in a run of its own.
+holes of the larger heap and peaked 0.2-0.9 GiB higher (MaX-S, 641x641) than in a run of its own.
 
 Memory is the step's peak resident-memory increase over the resident size just before it
 (``/proc/self/clear_refs`` resets the peak; freed heap memory is handed back with
