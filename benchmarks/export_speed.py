@@ -12,15 +12,19 @@ image (the first COCO sample, resized and padded as ``predict`` does): max abs d
 class and mask logits, the share of stride-4 pixels with the same winning slot, and the share
 of output pixels with the same panoptic label (pixel-wise post-processing with thresholds and
 area limits at 0, so that the random models' maps are not all void). Needs the ``[export]``
-extra. Export time is printed too.
+extra. Export time is printed too. ``--profile`` adds, per model, the time of each operator
+type in onnxruntime (its own profiler) and in PyTorch eager fp32 (``torch.profiler``), three
+forwards each.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -55,6 +59,38 @@ def parity(outputs: dict, reference: dict, info, size: tuple[int, int]) -> dict[
             "panoptic": float((maps[0] == maps[1]).mean())}
 
 
+def profile_ops(runtime: OnnxRuntimeModel, plain: torch.Tensor, eager, runs: int = 3) -> None:
+    """Prints the top operator types by time, onnxruntime's and PyTorch's, per forward."""
+    import onnxruntime
+    from torch.profiler import ProfilerActivity, profile
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "onnxruntime")
+        session = onnxruntime.InferenceSession(str(runtime.model_file), options,
+                                               providers=["CPUExecutionProvider"])
+        feed = {runtime.sidecar.input_name: plain.numpy()}
+        for _ in range(runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    by_op: Counter[str] = Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_op[event["args"]["op_name"]] += event["dur"] / 1e3 / runs  # us -> ms
+    print(f"  onnxruntime, ms a forward (total {sum(by_op.values()):.0f}): " + ", ".join(
+        f"{op} {ms:.0f}" for op, ms in by_op.most_common(8)))
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            eager()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops) / 1e3 / runs
+    print(f"  PyTorch eager fp32, ms a forward (total {total:.0f}): " + ", ".join(
+        f"{e.key} {e.self_cpu_time_total / 1e3 / runs:.0f}" for e in ops[:8]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=641)
@@ -62,6 +98,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--models", default="cmt-deeplab-s,max-deeplab-s")
     parser.add_argument("--image", type=Path, help="default: the first COCO sample image")
+    parser.add_argument("--profile", action="store_true",
+                        help="also the time per operator type, onnxruntime's and PyTorch's")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(report_load())
@@ -111,6 +149,8 @@ def main() -> None:
                       f"{ratio:7.2f}x {p['logits']:9.2e} {p['masks']:9.2e} {p['slot']:8.4%} "
                       f"{p['panoptic']:9.4%}")
                 rows.append((name, label, seconds[label], ratio, p))
+            if args.profile:
+                profile_ops(runtime, plain, eager)
             del runtime, predictor, fast, model
     print("\n" + report_load())
 
