@@ -12,10 +12,14 @@ def _data_args(root):
             str(root / "panoptic_examples.json"), "--panoptic-dir", str(root / "panoptic_examples")]
 
 
-def test_evaluate_writes_metrics_and_per_class_csv(coco_sample, tmp_path, capsys):
+def test_evaluate_writes_metrics_and_per_class_csv(coco_sample, tmp_path, capsys, monkeypatch):
+    from cmt_deeplab.cli import common
+
+    tuned = []  # a CPU evaluation keeps freed memory for the next forward (cli.common)
+    monkeypatch.setattr(common, "keep_freed_memory", lambda: tuned.append(True))
     code = main(["evaluate", "--model", "cmt-deeplab-tiny", *_data_args(coco_sample),
-                 "--size", "129", "--output", str(tmp_path)])
-    assert code == 0
+                 "--size", "129", "--output", str(tmp_path), "--device", "cpu"])
+    assert code == 0 and tuned == [True]
     out = capsys.readouterr().out
     assert "Things" in out and "mIoU" in out
     metrics = json.loads((tmp_path / "metrics.json").read_text())

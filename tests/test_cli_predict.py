@@ -295,3 +295,21 @@ def test_precision_and_compile_flags_reach_the_predictor(images: Path, tmp_path:
                "--device", "cpu", "--precision", "bf16", "--compile") == 0
     assert compiled == [{"dynamic": False}]
     assert len(json.loads((out / "predictions.json").read_text())["annotations"]) == 3
+
+
+def test_cpu_runs_keep_freed_memory(images: Path, tmp_path: Path, fake_model: ColourModel,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU predict run tunes glibc once its predictor exists; a run with nothing left to do
+    builds none and tunes nothing."""
+    from cmt_deeplab.cli import common
+
+    calls = []
+    monkeypatch.setattr(common, "keep_freed_memory", lambda: calls.append(True))
+    out = tmp_path / "out"
+    assert cli("--model", "fake", "--input", str(images), "--output", str(out),
+               "--size", "33", "--device", "cpu") == 0
+    assert calls == [True]
+    # Everything done already: no predictor, no tuning.
+    assert cli("--model", "fake", "--input", str(images), "--output", str(out),
+               "--size", "33", "--device", "cpu") == 0
+    assert calls == [True]

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cmt_deeplab.cli.common import add_speed_arguments, load_model, parse_device
+from cmt_deeplab.cli.common import (
+    add_speed_arguments,
+    keep_freed_memory_on_cpu,
+    load_model,
+    parse_device,
+)
 from cmt_deeplab.cli.main import UserError
 from cmt_deeplab.data.arguments import add_data_arguments, dataset_from_args
+from cmt_deeplab.utils.device import resolve_device
 from cmt_deeplab.utils.size import parse_size
 
 
@@ -47,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
                             "data with the categories the model was trained on")
         model, info = _rebuild_for(args.model, dataset.info), dataset.info
     size = parse_size(args.size, "--size") if args.size else default_size
+    keep_freed_memory_on_cpu(device or resolve_device("auto"))
     result = evaluate_model(model, dataset, size, device=device, method=args.method,
                             max_images=args.max_images, batch_size=args.batch_size, progress=True,
                             precision=args.precision, compile=args.compile)

@@ -30,7 +30,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cmt_deeplab.cli.common import add_speed_arguments, load_model, parse_device
+from cmt_deeplab.cli.common import (
+    add_speed_arguments,
+    keep_freed_memory_on_cpu,
+    load_model,
+    parse_device,
+)
 from cmt_deeplab.cli.main import UserError
 from cmt_deeplab.data.image_io import load_image
 from cmt_deeplab.data.panoptic_png import write_panoptic_png
@@ -125,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
     if todo:
         predictor = _build_predictor(args, size, device)
+        keep_freed_memory_on_cpu(predictor.device)
         last_save = time.monotonic()
         try:
             with tqdm(total=len(todo), unit="img", desc="predict", disable=None) as progress:
