@@ -70,11 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for timing")
     parser.add_argument("--backends", default="eager", metavar="LIST",
                         help="comma-separated, timed one after another in one process: eager "
-                             "(always: the model as built), inference (predict's float32 path: the "
-                             "BN-folded copy without training-only outputs), bf16 (the bf16 "
-                             "inference path of predict --precision bf16), onnxruntime (an ONNX export run by onnxruntime: exporting "
-                             "takes minutes at full size; skipped with a note where "
-                             "onnxruntime is not installed)")
+                             "(always: the model as built), inference (predict's float32 "
+                             "path: the BN-folded copy without training-only outputs), bf16 "
+                             "(the bf16 inference path of predict --precision bf16), "
+                             "onnxruntime (an ONNX export run by onnxruntime: exporting takes "
+                             "minutes at full size; skipped with a note where onnxruntime is "
+                             "not installed)")
     parser.set_defaults(func=run)
 
 
@@ -189,10 +190,10 @@ def format_rows(rows: list, fmt: str) -> str:
 
 
 BACKEND_NOTE = ("FPS: the model as built (eager fp32); inference FPS: predict's float32 path "
-                "(BN-folded channels-last copy, no training-only outputs); bf16 FPS: the bf16 inference path "
-                "(BN-folded channels-last copy, conv / linear weights in bf16, autocast); "
-                "onnxruntime FPS: its ONNX export on onnxruntime's CPU provider; batch 1, one "
-                "after another in one process")
+                "(BN-folded channels-last copy, no training-only outputs); bf16 FPS: the bf16 "
+                "inference path (BN-folded channels-last copy, conv / linear weights in bf16, "
+                "autocast); onnxruntime FPS: its ONNX export on onnxruntime's CPU provider; "
+                "batch 1, one after another in one process")
 
 
 def _backend_fps(row: dict, label: str) -> str:

@@ -1,8 +1,9 @@
 """Float32 parts of a model that runs under ``torch.autocast`` (bf16 / fp16 inference).
 
 A module whose class sets ``keep_float32 = True`` computes in float32 inside an autocast
-region: its forward enters ``float32_region`` and casts its inputs up (``upcast``). Low-precision inference
-copies (``inference.fast.cast_layer_weights``) leave its layers' weights in float32. Outside
+region: its forward enters ``float32_region`` and casts its inputs up (``upcast``).
+Low-precision inference copies (``inference.fast.cast_layer_weights``) leave its layers'
+weights in float32. Outside
 autocast both are no-ops, so float32 runs are unchanged bit for bit.
 """
 

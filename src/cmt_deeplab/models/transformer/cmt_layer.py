@@ -114,8 +114,8 @@ class ReferenceMaskHead(nn.Module):
     Float32 under autocast (``layers.float32``): with sigma down to ~0.01, ``R = -1/2
     ((x - mu) / sigma)^2`` reaches hundreds and magnifies rounding, and bf16 rounds mu to steps
     of ~4e-3 (at 0.5), sigma to ~0.4% and R to ~0.4%: in a bf16 run the assignment logits
-    moved by 0.5-1.1 on average (half that with this head in float32). ``gaussian_reference_logits``
-    works in mu's dtype, so R is float32 too. Two linears on ``N`` centres: no measurable cost.
+    moved by 0.5-1.1 on average (half that with this head in float32).
+    ``gaussian_reference_logits`` works in mu's dtype, so R is float32 too. Two linears on ``N`` centres: no measurable cost.
     """
 
     keep_float32 = True
