@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from cmt_deeplab.engine.config import load_train_config
+from cmt_deeplab.engine.config import load_train_config, read_config_file, set_dotted
 from cmt_deeplab.engine.evaluate import evaluate_model
 from cmt_deeplab.engine.trainer import Trainer
 
@@ -101,14 +101,18 @@ def main() -> None:
     if not (args.sample / "panoptic_examples.json").is_file():
         parser.error(f"no COCO sample at {args.sample} (expected panoptic_examples.json there)")
 
-    values = {**RECIPE, **_split_paths(args.sample), "run.eval_every": args.eval_every}
+    # The recipe is the base that --set changes; the flags below override both.
+    recipe = read_config_file("synthetic_cmt_deeplab_tiny")
+    for key, value in {**RECIPE, **_split_paths(args.sample)}.items():
+        set_dotted(recipe, key, value)
+    values = {"run.eval_every": args.eval_every}
     if args.steps is not None:
         values["run.steps"] = args.steps
     if args.time_limit:
         values.update({"run.time_limit_s": args.time_limit, "run.fit_time_limit": True})
     if args.init_from:
         values.update({"init.checkpoint": args.init_from, "init.strict": False})
-    config = load_train_config("synthetic_cmt_deeplab_tiny", args.overrides, values)
+    config = load_train_config(recipe, args.overrides, values)
     trainer = (StopAtPQ(args.stop_at_pq) if args.stop_at_pq is not None else Trainer)(
         config, args.work, resume=args.resume, progress=not args.no_progress)
     start = time.perf_counter()
