@@ -14,12 +14,15 @@ of output pixels with the same panoptic label (pixel-wise post-processing with t
 area limits at 0, so that the random models' maps are not all void). Needs the ``[export]``
 extra. Export time is printed too. ``--profile`` adds, per model, the time of each operator
 type in onnxruntime (its own profiler) and in PyTorch eager fp32 (``torch.profiler``), three
-forwards each.
+forwards each. ``--int8`` adds onnxruntime int8: the ONNX graph through onnxruntime's dynamic
+quantization (``quantize_dynamic``, int8 weights, activations quantized per call), its parity
+against eager fp32 as for the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -57,6 +60,23 @@ def parity(outputs: dict, reference: dict, info, size: tuple[int, int]) -> dict[
                                out_size=size, **LOOSE).panoptic for o in (outputs, reference)]
     return {"logits": logits_diff, "masks": masks_diff, "slot": slot,
             "panoptic": float((maps[0] == maps[1]).mean())}
+
+
+def quantized_runtime(runtime: OnnxRuntimeModel, onnx_file: Path) -> OnnxRuntimeModel:
+    """``runtime`` (same sidecar and output names) on the graph after onnxruntime's dynamic
+    int8 quantization; the sidecar's digest is of the fp32 graph, so the session is swapped in."""
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    int8_file = onnx_file.with_name(f"{onnx_file.stem}.int8.onnx")
+    quantize_dynamic(onnx_file, int8_file, weight_type=QuantType.QInt8)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    quantized = copy.copy(runtime)
+    quantized.session = onnxruntime.InferenceSession(str(int8_file), options,
+                                                     providers=["CPUExecutionProvider"])
+    return quantized
 
 
 def profile_ops(runtime: OnnxRuntimeModel, plain: torch.Tensor, eager, runs: int = 3) -> None:
@@ -98,6 +118,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--models", default="cmt-deeplab-s,max-deeplab-s")
     parser.add_argument("--image", type=Path, help="default: the first COCO sample image")
+    parser.add_argument("--int8", action="store_true",
+                        help="also onnxruntime's dynamic int8 quantization of the graph")
     parser.add_argument("--profile", action="store_true",
                         help="also the time per operator type, onnxruntime's and PyTorch's")
     args = parser.parse_args()
@@ -133,6 +155,9 @@ def main() -> None:
                 return runtime(plain)
 
             calls = {"eager fp32": eager, "eager bf16 autocast": bf16, "onnxruntime fp32": onnx}
+            if args.int8:
+                int8_runtime = quantized_runtime(runtime, onnx_file)
+                calls["onnxruntime int8"] = lambda runtime=int8_runtime, plain=plain: runtime(plain)
             with torch.inference_mode():
                 results = {label: call() for label, call in calls.items()}  # + warm-up
                 seconds = alternating_medians(calls, args.rounds)
