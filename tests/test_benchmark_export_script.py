@@ -19,14 +19,17 @@ def test_export_speed_benchmark_prints_every_path_with_parity():
     require_onnxruntime()
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--models", "cmt-deeplab-tiny", "--size", "65",
-         "--rounds", "1", "--threads", "1"],
+         "--rounds", "1", "--threads", "1", "--int8", "--profile"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     rows = {line[:22].strip(): line[22:].split() for line in lines
             if line.startswith(("eager", "onnxruntime"))}
-    assert list(rows) == ["eager fp32", "eager bf16 autocast", "onnxruntime fp32"]
+    assert list(rows) == ["eager fp32", "eager bf16 autocast", "onnxruntime fp32",
+                          "onnxruntime int8"]
+    assert any(line.strip().startswith("onnxruntime, ms a forward") for line in lines)
+    assert any(line.strip().startswith("PyTorch eager fp32, ms a forward") for line in lines)
     assert rows["eager fp32"][2] == "1.00x"
     # onnxruntime against eager: logits equal within float rounding, the same maps.
     assert float(rows["onnxruntime fp32"][3]) < 1e-3 and float(rows["onnxruntime fp32"][4]) < 1e-3
