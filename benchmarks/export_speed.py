@@ -40,6 +40,7 @@ import cmt_deeplab  # noqa: E402
 from cmt_deeplab.data.image_io import load_image  # noqa: E402
 from cmt_deeplab.data.metadata import coco_panoptic_info  # noqa: E402
 from cmt_deeplab.export import OnnxRuntimeModel, export_model  # noqa: E402
+from cmt_deeplab.export.runtime import open_onnxruntime  # noqa: E402
 from cmt_deeplab.inference.post_processing import pixelwise_panoptic  # noqa: E402
 from cmt_deeplab.inference.predictor import Predictor  # noqa: E402
 
@@ -64,38 +65,27 @@ def parity(outputs: dict, reference: dict, info, size: tuple[int, int]) -> dict[
 
 def quantized_runtime(runtime: OnnxRuntimeModel, onnx_file: Path) -> OnnxRuntimeModel:
     """``runtime`` (same sidecar and output names) on the graph after onnxruntime's dynamic
-    int8 quantization; the sidecar's digest is of the fp32 graph, so the session is swapped in."""
-    import onnxruntime
+    int8 quantization; the sidecar's digest is of the fp32 graph, so the runner is swapped in."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     int8_file = onnx_file.with_name(f"{onnx_file.stem}.int8.onnx")
     quantize_dynamic(onnx_file, int8_file, weight_type=QuantType.QInt8)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
     quantized = copy.copy(runtime)
-    quantized.session = onnxruntime.InferenceSession(str(int8_file), options,
-                                                     providers=["CPUExecutionProvider"])
+    quantized.runner = open_onnxruntime(int8_file, torch.get_num_threads())
     return quantized
 
 
 def profile_ops(runtime: OnnxRuntimeModel, plain: torch.Tensor, eager, runs: int = 3) -> None:
     """Prints the top operator types by time, onnxruntime's and PyTorch's, per forward."""
-    import onnxruntime
     from torch.profiler import ProfilerActivity, profile
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "onnxruntime")
-        session = onnxruntime.InferenceSession(str(runtime.model_file), options,
-                                               providers=["CPUExecutionProvider"])
+        profiled = open_onnxruntime(runtime.model_file, torch.get_num_threads(),
+                                    profile_prefix=str(Path(tmp) / "onnxruntime"))
         feed = {runtime.sidecar.input_name: plain.numpy()}
         for _ in range(runs):
-            session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text())
+            profiled.run(None, feed)
+        events = json.loads(Path(profiled.end_profiling()).read_text())
     by_op: Counter[str] = Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):

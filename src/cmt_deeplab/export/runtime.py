@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,22 +82,14 @@ class OnnxRuntimeModel(ExportedModel):
         if self.sidecar.format != "onnx":
             raise ValueError(f"{self.model_file} is a {self.sidecar.format} export, not ONNX")
         try:
-            import onnxruntime
+            self.runner = open_onnxruntime(self.model_file, num_threads)
         except ImportError:
-            raise ImportError("the onnxruntime backend needs onnxruntime: "
-                              "pip install 'cmt-deeplab[export]'") from None
-        options = onnxruntime.SessionOptions()
-        if num_threads:
-            options.intra_op_num_threads = num_threads
-            options.inter_op_num_threads = 1
-        try:
-            self.session = onnxruntime.InferenceSession(
-                str(self.model_file), options, providers=["CPUExecutionProvider"])
+            raise
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types
             raise ValueError(f"onnxruntime cannot load {self.model_file}: {error}") from None
 
     def run_graph(self, images: torch.Tensor) -> list[torch.Tensor]:
-        outputs = self.session.run(None, {self.sidecar.input_name: images.cpu().numpy()})
+        outputs = self.runner.run(None, {self.sidecar.input_name: images.cpu().numpy()})
         return [torch.from_numpy(np.asarray(output)) for output in outputs]
 
 
@@ -124,3 +117,25 @@ def load_exported(model_file: str | Path, num_threads: int | None = None) -> Exp
     sidecar = Sidecar.load(model_file)
     runner = OnnxRuntimeModel if sidecar.format == "onnx" else TorchExportModel
     return runner(model_file, num_threads)
+
+
+def open_onnxruntime(model_file: str | Path, num_threads: int | None = None,
+                     profile_prefix: str | None = None) -> Any:
+    """onnxruntime's CPU runner of ``model_file``: ``num_threads`` intra-op threads and one
+    inter-op thread (onnxruntime's defaults otherwise); with ``profile_prefix``, its profiler on
+    (``end_profiling()`` writes the trace there)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError("the onnxruntime backend needs onnxruntime: "
+                          "pip install 'cmt-deeplab[export]'") from None
+
+    options = onnxruntime.SessionOptions()
+    if num_threads:
+        options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return onnxruntime.InferenceSession(str(model_file), options,
+                                        providers=["CPUExecutionProvider"])
