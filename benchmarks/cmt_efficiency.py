@@ -1,15 +1,16 @@
-"""CMT-S / MaX-S inference latency ratio at the paper's size (800x1200) and at 641x641, with
-the inference copy's fused paths (``inference.fast.optimize_for_inference``), with them and
-glibc keeping freed blocks (``utils.allocator.keep_freed_memory``), and without either (the
-plain eval module, as ``model.eval()``), batch 1, fp32.
+"""CMT-S / MaX-S inference latency ratio at the paper's size (800x1200) and at 641x641: the
+plain eval module (as ``model.eval()``) and the inference copy (``inference.fast.
+optimize_for_inference``, what ``predict`` runs), each with glibc's default allocator and with
+it keeping freed blocks (``utils.allocator.keep_freed_memory``, as ``predict``, ``evaluate``,
+``cost`` and training run on the CPU), batch 1, fp32.
 
     python benchmarks/cmt_efficiency.py [--sizes 800x1200,641x641] [--rounds 3] [--repeats 2]
-        [--threads 2]
+        [--threads 2] [--paths plain,plain+keep,fused,fused+keep]
 
 Every (model, path, size) forward is timed in its own fresh process (``--worker``): warm-up
-forward, then the median of ``--repeats`` forwards under ``torch.inference_mode``. The six
+forward, then the median of ``--repeats`` forwards under ``torch.inference_mode``. The
 processes of a size run in alternating rounds, so a load change hits all of them; the script
-prints the median latency of each and the ratio CMT-S / MaX-S of the medians for both paths
+prints the median latency of each and the ratio CMT-S / MaX-S of the medians for each path
 (target at 800x1200: <= 1.47, the paper's V100 FPS ratio 11.9 / 8.1), and the load average.
 """
 
@@ -28,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report_load  # noqa: E402
 
 MODELS = ("cmt-deeplab-s", "max-deeplab-s")
-#: plain: the eval module; fused: the inference copy; fused+keep: the inference copy in a
-#: process whose glibc keeps freed blocks (``utils.allocator.keep_freed_memory``).
-PATHS = ("plain", "fused", "fused+keep")
+#: plain: the eval module; fused: the inference copy; +keep: in a process whose glibc keeps
+#: freed blocks (``utils.allocator.keep_freed_memory``, as ``predict`` and ``cost`` run).
+PATHS = ("plain", "plain+keep", "fused", "fused+keep")
 TARGET = 1.47
 
 
@@ -42,10 +43,10 @@ def _worker(name: str, path: str, height: int, width: int, repeats: int, threads
     from cmt_deeplab.utils.allocator import keep_freed_memory
 
     torch.set_num_threads(threads)
-    if path == "fused+keep":
+    if path.endswith("+keep"):
         keep_freed_memory()
     model = cmt_deeplab.build_model(name).eval()
-    if path != "plain":
+    if path.startswith("fused"):
         model = optimize_for_inference(model)
     images = torch.zeros(1, 3, height, width)
     times = []
@@ -73,6 +74,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="timed forwards per process")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--paths", default=",".join(PATHS),
+                        help=f"comma-separated, from {', '.join(PATHS)}")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "PATH", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -83,16 +86,20 @@ def main() -> None:
 
     print(f"start: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; {report_load()}")
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",") if s]
+    paths = [p for p in args.paths.split(",") if p]
+    unknown = sorted(set(paths) - set(PATHS))
+    if unknown:
+        parser.error(f"unknown --paths {', '.join(unknown)}; choose from {', '.join(PATHS)}")
     for size in sizes:
-        times: dict[tuple[str, str], list[float]] = {(m, p): [] for m in MODELS for p in PATHS}
+        times: dict[tuple[str, str], list[float]] = {(m, p): [] for m in MODELS for p in paths}
         for round_index in range(args.rounds):
-            for path in PATHS:
+            for path in paths:
                 for name in MODELS:
                     times[(name, path)].append(_run_worker(name, path, size, args))
-            row = ", ".join(f"{m} {p} {times[(m, p)][-1]:.2f}s" for p in PATHS for m in MODELS)
+            row = ", ".join(f"{m} {p} {times[(m, p)][-1]:.2f}s" for p in paths for m in MODELS)
             print(f"  {size[0]}x{size[1]} round {round_index + 1}: {row}; {report_load()}", flush=True)
         print(f"{size[0]}x{size[1]}, {args.threads} threads, medians of {args.rounds} rounds:")
-        for path in PATHS:
+        for path in paths:
             cmt = statistics.median(times[("cmt-deeplab-s", path)])
             max_ = statistics.median(times[("max-deeplab-s", path)])
             rounds = [c / m for c, m in zip(times[("cmt-deeplab-s", path)],
@@ -100,10 +107,11 @@ def main() -> None:
             print(f"  {path:10s}: CMT-S {cmt:.2f} s, MaX-S {max_:.2f} s, ratio {cmt / max_:.2f} "
                   f"(per round {min(rounds):.2f}-{max(rounds):.2f})"
                   + (f"; target <= {TARGET}" if size == (800, 1200) else ""))
-        plain = statistics.median(times[("cmt-deeplab-s", "plain")])
-        for path in PATHS[1:]:
-            print(f"  CMT-S {path} / plain: "
-                  f"{statistics.median(times[('cmt-deeplab-s', path)]) / plain:.2f}")
+        if "plain" in paths:
+            plain = statistics.median(times[("cmt-deeplab-s", "plain")])
+            for path in paths[1:]:
+                print(f"  CMT-S {path} / plain: "
+                      f"{statistics.median(times[('cmt-deeplab-s', path)]) / plain:.2f}")
     print(f"end: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; {report_load()}")
 
 

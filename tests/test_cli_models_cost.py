@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from cmt_deeplab.cli.cost import format_rows
 from cmt_deeplab.cli.main import main
@@ -166,3 +170,35 @@ def test_cost_backends_errors_and_missing_onnxruntime(capsys, monkeypatch):
     captured = capsys.readouterr()
     assert json.loads(captured.out)[0]["backend_fps"] == {}
     assert "onnxruntime column is left out: onnxruntime is not installed" in captured.err
+
+
+
+def test_cost_times_in_a_fresh_process_set_up_as_predict(monkeypatch, tmp_path):
+    """Eager and each backend run in their own process, with the caller's thread count and
+    glibc keeping freed blocks (as ``predict``): checked from inside the timed process."""
+    from cmt_deeplab.cost.measure import measure_cost
+
+    report = tmp_path / "probe.json"
+    monkeypatch.setenv("CMT_DEEPLAB_TEST_PROBE", str(report))  # spawned processes inherit it
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        row = measure_cost("max-deeplab-tiny", 33, 33, repeats=1,
+                           backends={"probe": _process_probe_backend})
+    finally:
+        torch.set_num_threads(threads)
+    assert row.device == "cpu (1 threads)" and row.backend_fps["probe"] > 0
+    seen = json.loads(report.read_text())
+    assert seen["threads"] == 1
+    assert seen["pid"] != os.getpid()
+    assert seen["keeps_freed_memory"] == sys.platform.startswith("linux")
+
+
+def _process_probe_backend(model: torch.nn.Module, images: torch.Tensor):
+    """A backend that writes what its process saw (module level: it goes to another process)."""
+    from cmt_deeplab.utils import allocator
+
+    Path(os.environ["CMT_DEEPLAB_TEST_PROBE"]).write_text(json.dumps({
+        "threads": torch.get_num_threads(), "pid": os.getpid(),
+        "keeps_freed_memory": allocator._tuned}))
+    return lambda: model(images)

@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards (median)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for timing")
     parser.add_argument("--backends", default="eager", metavar="LIST",
-                        help="comma-separated, timed one after another in one process: eager "
+                        help="comma-separated, each timed in its own process on the CPU: eager "
                              "(always: the model as built), inference (predict's float32 "
                              "path: the BN-folded copy without training-only outputs), bf16 "
                              "(the bf16 inference path of predict --precision bf16), "
@@ -193,7 +193,8 @@ BACKEND_NOTE = ("FPS: the model as built (eager fp32); inference FPS: predict's 
                 "(BN-folded channels-last copy, no training-only outputs); bf16 FPS: the bf16 "
                 "inference path (BN-folded channels-last copy, conv / linear weights in bf16, "
                 "autocast); onnxruntime FPS: its ONNX export on onnxruntime's CPU provider; "
-                "batch 1, one after another in one process")
+                "batch 1; on the CPU each in a fresh process, with glibc keeping freed memory "
+                "as predict does")
 
 
 def _backend_fps(row: dict, label: str) -> str:

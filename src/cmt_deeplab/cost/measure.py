@@ -17,6 +17,7 @@ import torch
 from cmt_deeplab.data.random_batch import random_batch
 from cmt_deeplab.inference.fast import optimize_for_inference
 from cmt_deeplab.models import build_model, count_parameters, model_spec, set_recompute
+from cmt_deeplab.utils.allocator import keep_freed_memory
 from cmt_deeplab.utils.flops import count_macs
 from cmt_deeplab.utils.process_memory import track_peak_memory
 
@@ -93,59 +94,82 @@ def measure_cost(
     **kwargs,
 ) -> CostRow:
     """One row of the cost table: counts always; latency, FPS and the peak memory of one
-    forward (CUDA peak allocated, or on CPU the peak resident-memory increase, measured in a
-    fresh process) unless ``timing=False``; with ``backends``, the FPS of each (``Backend``,
-    e.g. ``BACKENDS["bf16"]``) after eager's, in the same process (``row.backend_fps``)."""
+    forward (CUDA peak allocated, or on CPU the peak resident-memory increase) unless
+    ``timing=False``; with ``backends``, the FPS of each (``Backend``, e.g.
+    ``BACKENDS["bf16"]``) on the same input (``row.backend_fps``).
+
+    On the CPU, eager and each backend run in a fresh process of their own, with torch's
+    current thread count and glibc keeping freed blocks (``utils.allocator``) as ``predict``,
+    ``evaluate`` and training run: one forward's freed tensors would otherwise be unmapped and
+    page-faulted back in by the next, and a backend timed after another would inherit its heap.
+    """
     params, params_paper = count_model_parameters(name, **kwargs)
     macs = count_macs(lambda: build_model(name, **kwargs), height, width)
     row = CostRow(name, height, width, params, params_paper, macs / 1e9)
     if not timing:
         return row
     device = torch.device(device)
-    run = _forward_cost if device.type != "cpu" else partial(
-        _in_fresh_process, _forward_cost, f"the cost process of {name}")
-    latency, row.peak_mem_bytes, row.peak_mem_kind, row.backend_fps = run(
-        name, height, width, device, warmup, repeats, kwargs, dict(backends or {}))
+    threads = torch.get_num_threads()
+
+    def run(function: Callable[..., Any], what: str, *args: Any) -> Any:
+        if device.type != "cpu":
+            return function(*args)
+        return _in_fresh_process(_on_cpu, what, threads, function, args)
+
+    latency, row.peak_mem_bytes, row.peak_mem_kind, row.device = run(
+        _forward_cost, f"the cost process of {name}", name, height, width, device, warmup,
+        repeats, kwargs)
+    row.backend_fps = {
+        label: 1.0 / run(_backend_seconds, f"the {label} cost process of {name}", name, height,
+                         width, device, warmup, repeats, kwargs, factory)
+        for label, factory in (backends or {}).items()
+    }
     row.latency_s = latency
     row.fps = 1.0 / latency
-    row.device = _device_name(device)
     return row
+
+
+def _on_cpu(threads: int, function: Callable[..., Any], args: tuple) -> Any:
+    """``function(*args)`` in a fresh CPU process, set up as ``predict`` runs."""
+    torch.set_num_threads(threads)
+    keep_freed_memory()
+    return function(*args)
 
 
 def _forward_cost(
     name: str, height: int, width: int, device: torch.device, warmup: int, repeats: int,
-    kwargs: dict, backends: dict[str, Backend] | None = None,
-) -> tuple[float, int, str, dict[str, float]]:
-    """``(median latency s, peak memory of the first forward, its kind, FPS per backend)``.
-    Each backend is timed after eager as eager is (``warmup``, then the median of
-    ``repeats``). Memory is taken on
-    the first forward, before any other: a warm-up leaves its freed blocks to the allocator
-    and a later forward reuses them without the resident size growing. On the CPU this runs
-    in a fresh process per model for the same reason (``_in_fresh_process``)."""
+    kwargs: dict,
+) -> tuple[float, int, str, str]:
+    """``(median latency s, peak memory of the first forward, its kind, the device as timed)``
+    of the eval module:
+    ``warmup`` forwards, then the median of ``repeats``. Memory is taken on the first forward,
+    before any other: a warm-up leaves its freed blocks to the allocator and a later forward
+    reuses them without the resident size growing."""
     model = build_model(name, **kwargs).to(device).eval()
     images = torch.zeros(1, 3, height, width, device=device)
-    times = []
     with torch.inference_mode():
         gc.collect()
         with track_peak_memory(device) as memory:
             model(images)
-        for _ in range(warmup):
-            model(images)
-        _synchronize(device)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(images)
-            _synchronize(device)
-            times.append(time.perf_counter() - start)
-        backend_fps = {label: 1.0 / _median_seconds(factory(model, images), device, warmup,
-                                                    repeats)
-                       for label, factory in (backends or {}).items()}
-    return statistics.median(times), memory.increase, memory.kind, backend_fps
+        latency = _median_seconds(partial(model, images), device, warmup, repeats)
+    return latency, memory.increase, memory.kind, _device_name(device)
+
+
+def _backend_seconds(
+    name: str, height: int, width: int, device: torch.device, warmup: int, repeats: int,
+    kwargs: dict, factory: Backend,
+) -> float:
+    """Median seconds of one forward of ``factory``'s call, timed as eager is."""
+    model = build_model(name, **kwargs).to(device).eval()
+    images = torch.zeros(1, 3, height, width, device=device)
+    with torch.inference_mode():
+        call = factory(model, images)
+        return _median_seconds(call, device, max(warmup, 1), repeats)
 
 
 def _median_seconds(call: Callable[[], Any], device: torch.device, warmup: int,
                     repeats: int) -> float:
-    for _ in range(max(warmup, 1)):  # at least one: the first call of a backend sets it up
+    for _ in range(warmup):  # a backend's first call sets it up: the caller asks for >= 1
         call()
     _synchronize(device)
     times = []
