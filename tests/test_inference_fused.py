@@ -76,20 +76,34 @@ def test_inference_copy_matches_the_module(name):
     assert len(set(maps[0].panoptic.flatten().tolist())) > 1, "a map with segments"
 
 
-def test_fused_cmt_layer_matches_the_plain_layer():
-    """One CMT layer with a previous mask (the residual path) and every fold in use."""
+@pytest.mark.parametrize("batch, channels_last", [(1, False), (2, True)])
+def test_fused_cmt_layer_matches_the_plain_layer(batch, channels_last):
+    """One CMT layer with a previous mask (the residual path) and every fold in use, on
+    NCHW and on channels-last pixels (the per-image convolutions of the fused path), with
+    its clustering and attention maps."""
     torch.manual_seed(0)
     layer = ClusteringMaskTransformerLayer(32, 7, 64, 16, num_heads=4, ffn_channels=64,
                                            pixel_feature_dim=16, head_channels=32)
     _randomize_batchnorms(layer)
     layer.eval()
-    pixels, centers = torch.randn(1, 32, 9, 11), torch.randn(1, 16, 64)
-    previous = torch.randn(1, 16, 5, 6)
+    pixels, centers = torch.randn(batch, 32, 9, 11), torch.randn(batch, 16, 64)
+    previous = torch.randn(batch, 16, 5, 6)
+
+    def state(prev: torch.Tensor) -> TransformerState:
+        return TransformerState(prev, return_maps=True)
+
     with torch.inference_mode():
-        expected_pixels, expected_centers = layer(pixels, centers, TransformerState(previous))
-        fast = optimize_for_inference(layer, channels_last=False)
-        actual_pixels, actual_centers = fast(pixels, centers, TransformerState(previous))
-        reference = copy.deepcopy(layer).double()(
-            pixels.double(), centers.double(), TransformerState(previous.double()))
+        expected_state, actual_state, reference_state = state(previous), state(previous), state(
+            previous.double())
+        expected_pixels, expected_centers = layer(pixels, centers, expected_state)
+        fast = optimize_for_inference(layer, channels_last=channels_last)
+        fast_pixels = pixels.contiguous(memory_format=torch.channels_last) if channels_last \
+            else pixels
+        actual_pixels, actual_centers = fast(fast_pixels, centers, actual_state)
+        reference = copy.deepcopy(layer).double()(pixels.double(), centers.double(),
+                                                  reference_state)
     _check_rounding(actual_pixels, expected_pixels, reference[0])
     _check_rounding(actual_centers, expected_centers, reference[1])
+    for key in ("clustering", "attention"):
+        _check_rounding(actual_state.maps[0][key], expected_state.maps[0][key],
+                        reference_state.maps[0][key])
