@@ -34,9 +34,10 @@ def relative_index(length: int, device: torch.device | None = None) -> torch.Ten
     """``[L, L]`` rows of the relative table for query o and key p: ``p - o + MAX_SPAN - 1``.
 
     Cached per (length, device): every axial layer asks for it on every forward. Read-only.
-    An export traces it afresh: the length may be symbolic there.
+    An export or ``torch.compile`` traces it afresh: the length may be symbolic there, and
+    dynamo refuses to trace through the cache.
     """
-    if torch.compiler.is_exporting():
+    if torch.compiler.is_compiling():
         return _build_relative_index(length, device)
     return _relative_index(length, None if device is None else torch.device(device))
 

@@ -73,10 +73,10 @@ def coordinate_channels(
 ) -> torch.Tensor:
     """``[2, H, W]`` CoordConv channels: (y, x) pixel centres on ``[-1, 1]``.
 
-    Cached per size outside an export (every CMT layer of a forward asks for the same few
-    sizes); the cached tensor is read-only.
+    Cached per size outside an export or ``torch.compile`` (every CMT layer of a forward asks
+    for the same few sizes); the cached tensor is read-only.
     """
-    if torch.compiler.is_exporting():
+    if torch.compiler.is_compiling():
         return _build_coordinate_channels(height, width, device, dtype)
     return _cached_coordinate_channels(height, width, torch.device(device), dtype)
 
@@ -293,6 +293,9 @@ class ClusteringMaskTransformerLayer(DualPathBase):
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         shift = bn.bias - bn.running_mean * scale
         values = torch.addcmul(shift, center_v, scale)  # [B, N, V]
+        if torch.compiler.is_compiling():  # the batch may be symbolic: no loop over images
+            gathered = self.act(assignment_map.flatten(1, 2) @ values)  # [B, HW, V]
+            return gathered.transpose(1, 2).unflatten(2, assignment_map.shape[1:3])
         weights = values.transpose(1, 2)[..., None, None]  # [B, V, N, 1, 1]
         maps = assignment_map.permute(0, 3, 1, 2)
         gathered = [F.conv2d(maps[i:i + 1], weights[i].to(maps.dtype)) for i in range(len(maps))]
