@@ -4,9 +4,9 @@ same steps), both to float32 rounding.
 
 What cannot agree is left out: training-mode BatchNorm normalises every micro-batch of every
 process with that micro-batch's statistics (2 images here, 8 in one process), so these runs keep
-BatchNorm on its running statistics; drop path, dropout and the loss's pixel sampling draw from
-per-process random streams, so they are off (``_batch_independent_main.py``, the settings
-below). The mask-approximation loss averages over the matched masks of a micro-batch rather
+BatchNorm on its running statistics; drop path, dropout, the loss's pixel sampling and the
+random flips of the tiny model's recipe draw from per-process random streams, so they are off
+(``_batch_independent_main.py``, the settings below). The mask-approximation loss averages over the matched masks of a micro-batch rather
 than per image, so it is not additive over micro-batches either and is off as well.
 """
 
@@ -35,7 +35,7 @@ STEPS = 4
 SETTINGS = ("--batch-size", "8", "--save-every", "0", "--set", "run.log_every=1",
             "--lr", "0.05", "--set", "optimizer.eps=1",
             "--set", "model.overrides.drop_path_keep_prob=1.0", "--set", "loss.instance_sample_k=0",
-            "--set", "loss.mask_approx_weight=0",
+            "--set", "loss.mask_approx_weight=0", "--set", "augmentation.flip_prob=0",
             "--set", "schedule.warmup_steps=0", "--set", "schedule.power=0")
 #: float32 rounding of sums taken in another order, through 4 steps (relative, and absolute for
 #: weights near zero, e.g. biases whose gradient is 0 up to rounding).
