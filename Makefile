@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -c constraints.txt
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test test-slow lint clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: venv
 test: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# The slow tests the default run leaves out (the demo, torchrun, export, compile, bf16).
+test-slow: venv
+	$(BIN)/python -m pytest -q -m slow
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
