@@ -27,6 +27,7 @@ from cmt_deeplab.models.layers.norm_act import (
     LinearBN,
     batch_norm,
 )
+from cmt_deeplab.models.layers.per_image_conv import per_image_pointwise_conv
 
 
 class PixelHead(nn.Module):
@@ -114,15 +115,10 @@ class PredictionHead(nn.Module):
         """Eval-mode mask logits ``BN(f . kernel)`` as a 1x1 convolution of ``f [B, D, h, w]``
         whose weights are the image's ``N`` kernels (``[B, N, D]``) times the BN's scale, and
         whose bias is its shift: ``[B, N, h, w]``, in ``f``'s memory format (channels-last in
-        an inference copy). In float32 on the CPU oneDNN runs it at ~2x the rate of the batched
-        matmul (MKL's), and the BN's pass over the logits is gone.
-        """
+        an inference copy). The BN's pass over the logits is gone
+        (``layers.per_image_conv``)."""
         bn = self.mask_bn
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # one (gamma, beta) for all
         shift = bn.bias - bn.running_mean * scale
-        if torch.compiler.is_compiling():  # the batch may be symbolic: no loop over images
-            return torch.einsum("bdhw,bnd->bnhw", pixel_feature, kernels * scale) + shift
-        weights = (kernels * scale)[..., None, None]  # [B, N, D, 1, 1]
-        bias = shift.expand(kernels.shape[1]).to(kernels.dtype)
-        masks = [F.conv2d(pixel_feature[i:i + 1], weights[i], bias) for i in range(len(kernels))]
-        return masks[0] if len(masks) == 1 else torch.cat(masks)
+        return per_image_pointwise_conv(pixel_feature, kernels * scale,
+                                        shift.expand(kernels.shape[1]))

@@ -41,6 +41,7 @@ from cmt_deeplab.models.layers.drop_path import DropPath
 from cmt_deeplab.models.layers.float32 import float32_region, upcast
 from cmt_deeplab.models.layers.init import trunc_normal_
 from cmt_deeplab.models.layers.norm_act import BN_EPS, BN_MOMENTUM, ConvBN, LinearBN
+from cmt_deeplab.models.layers.per_image_conv import per_image_pointwise_conv
 from cmt_deeplab.models.layers.resized_fuse import resize_bilinear
 from cmt_deeplab.models.transformer.dual_path_base import DualPathBase
 
@@ -286,17 +287,12 @@ class ClusteringMaskTransformerLayer(DualPathBase):
         product: a ``[B, N, V]`` scale-and-shift instead of one over ``[B, HW, V]`` (equal
         within float rounding). The product is a 1x1 convolution of the assignment map
         (``[B, H, W, N]``, read as a channels-last ``[B, N, H, W]``) whose weights are the
-        image's centre values: oneDNN runs it at ~2x the batched matmul's rate on the CPU.
-        Returns ``[B, V, H, W]``, channels-last.
+        image's centre values (``layers.per_image_conv``). Returns ``[B, V, H, W]``,
+        channels-last.
         """
         bn = self.pixel_value_bn
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         shift = bn.bias - bn.running_mean * scale
         values = torch.addcmul(shift, center_v, scale)  # [B, N, V]
-        if torch.compiler.is_compiling():  # the batch may be symbolic: no loop over images
-            gathered = self.act(assignment_map.flatten(1, 2) @ values)  # [B, HW, V]
-            return gathered.transpose(1, 2).unflatten(2, assignment_map.shape[1:3])
-        weights = values.transpose(1, 2)[..., None, None]  # [B, V, N, 1, 1]
-        maps = assignment_map.permute(0, 3, 1, 2)
-        gathered = [F.conv2d(maps[i:i + 1], weights[i].to(maps.dtype)) for i in range(len(maps))]
-        return self.act(gathered[0] if len(gathered) == 1 else torch.cat(gathered))
+        maps = assignment_map.permute(0, 3, 1, 2)  # [B, N, H, W], channels-last
+        return self.act(per_image_pointwise_conv(maps, values.transpose(1, 2)))
